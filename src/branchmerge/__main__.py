@@ -1,0 +1,3 @@
+from branchmerge.cli.main import app
+
+app()

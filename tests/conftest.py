@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny tokenizer and tiny random Qwen3 checkpoints, built offline in seconds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from branchmerge.tinylab.modeling import random_model, save_checkpoint, tiny_qwen3_config
+from branchmerge.tinylab.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tokenizer, tmp_path_factory) -> Callable[..., Path]:
+    """make_checkpoint(seed=0, **config_overrides) -> folder with a random tiny Qwen3 checkpoint."""
+
+    def make(seed: int = 0, **overrides) -> Path:
+        out = tmp_path_factory.mktemp(f"ckpt{seed}")
+        model = random_model(tiny_qwen3_config(tokenizer, **overrides), seed=seed)
+        save_checkpoint(model, tokenizer, out)
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(make_checkpoint) -> Path:
+    return make_checkpoint(seed=0)
