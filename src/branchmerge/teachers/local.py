@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -57,7 +58,8 @@ class LocalModel:
         self.name = path.name
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' stub for .to is wrong
         self.device = device
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
@@ -66,10 +68,10 @@ class LocalModel:
         self._lock = threading.Lock()  # one forward pass at a time per model
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
             ids = ids["input_ids"]
-        return list(ids)
+        return [int(i) for i in ids]
 
     def complete(self, requests: list[tuple[list[dict[str, str]], SamplingParams]]) -> list[Completion]:
         """Complete every (messages, params) pair in one batch."""
@@ -78,7 +80,7 @@ class LocalModel:
             token_lists, reasons = self._sample([p for _, p in requests], prompts)
         out = []
         for prompt, toks, reason in zip(prompts, token_lists, reasons, strict=True):
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            text = cast(str, self.tokenizer.decode(toks, skip_special_tokens=True))
             reasoning, content, closed = split_reasoning(text)
             out.append(Completion(text, reasoning, content, len(prompt), len(toks), reason))
         return out
@@ -96,9 +98,9 @@ class LocalModel:
             input_ids[i, width - len(p) :] = torch.tensor(p)
             attention[i, width - len(p) :] = 1
         gens = []
-        for p in params:
+        for sp in params:
             g = torch.Generator()
-            g.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            g.manual_seed(sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
             gens.append(g)
         max_new = max(p.max_tokens for p in params)
         out: list[list[int]] = [[] for _ in range(b)]
@@ -110,7 +112,11 @@ class LocalModel:
         for _step in range(max_new):
             position_ids = (attention.cumsum(-1) - 1).clamp(min=0)[:, -cur.shape[1] :]
             res = self.model(
-                input_ids=cur, attention_mask=attention, position_ids=position_ids, past_key_values=past, use_cache=True
+                input_ids=cur,
+                attention_mask=attention,
+                position_ids=position_ids,
+                past_key_values=past,
+                use_cache=True,
             )
             past = res.past_key_values
             logits = res.logits[:, -1, :].float().cpu()
@@ -129,7 +135,9 @@ class LocalModel:
             if all(done):
                 break
             cur = nxt.unsqueeze(1).to(self.device)
-            attention = torch.cat([attention, torch.ones((b, 1), dtype=attention.dtype, device=self.device)], dim=1)
+            attention = torch.cat(
+                [attention, torch.ones((b, 1), dtype=attention.dtype, device=self.device)], dim=1
+            )
         return out, reasons
 
 

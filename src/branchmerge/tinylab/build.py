@@ -1,0 +1,268 @@
+"""Reproduce the shipped tinylab teacher and student-base weights from a seed: `python -m branchmerge.tinylab.build`.
+
+A plain torch loop (nanoGPT style) rather than TRL: the whole recipe fits on a screen, it has no hidden defaults
+(bf16, gradient checkpointing, max_length) to pin, and it runs in minutes on 2 CPU cores.
+
+- teacher: every domain, levels 1..4, enough steps to pass >= 90% of held-out items greedily and at T=0.6.
+- student base: smaller, trained briefly on levels 1..2 only. It knows the `<think>` layout and solves the short
+  items, but fails most long ones, so a short SFT on one domain's teacher traces (an "expert") clearly helps.
+
+Held-out items come from `heldout_problems` (a different seed, training questions excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import PreTrainedTokenizerBase, Qwen3ForCausalLM
+
+from branchmerge.records import Problem
+from branchmerge.teachers.local import LocalModel, SamplingParams
+from branchmerge.tinylab.domains import DOMAINS, MAX_LEVEL, generate_problems
+from branchmerge.tinylab.modeling import random_model, save_checkpoint, tiny_qwen3_config
+from branchmerge.tinylab.tokenizer import build_tokenizer
+
+ALL_LEVELS = tuple(range(1, MAX_LEVEL + 1))
+DEFAULT_SEED = 20261122
+HELDOUT_SEED_OFFSET = 7919  # held-out items use seed + this, so they never share the training stream
+IGNORE = -100  # label for tokens outside the assistant turn
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    levels: tuple[int, ...] = ALL_LEVELS
+    weight_decay: float = 0.1
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio, not to 0: the last steps still learn
+
+
+TEACHER_SHAPE = ModelShape(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384)
+TEACHER_PLAN = TrainPlan(steps=1200, batch_size=64, lr=2e-3, warmup_steps=60)
+STUDENT_SHAPE = ModelShape(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=256)
+STUDENT_PLAN = TrainPlan(steps=150, batch_size=32, lr=2e-3, warmup_steps=20, levels=(1, 2))
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE outside the assistant turn
+
+
+def assistant_content(problem: Problem) -> str:
+    """The Qwen3 thinking layout the teacher writes and the student learns (DESIGN.md, SFT example)."""
+    return f"<think>\n{problem.meta['solution']}\n</think>\n\n{problem.reference}"
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> Example:
+    """Tokenize a chat; labels keep only the tokens the template marks as generated (content + <|im_end|>)."""
+    enc = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = list(enc["input_ids"])
+    labels = [t if m else IGNORE for t, m in zip(ids, enc["assistant_masks"], strict=True)]
+    return Example(ids, labels)
+
+
+def encode_problems(tokenizer: PreTrainedTokenizerBase, problems: Sequence[Problem]) -> list[Example]:
+    return [
+        encode(tokenizer, [{"role": "user", "content": p.question}, {"role": "assistant", "content": assistant_content(p)}])
+        for p in problems
+    ]
+
+
+def training_problems(seed: int, per_domain: int, levels: tuple[int, ...]) -> list[Problem]:
+    return [p for d in DOMAINS for p in generate_problems(d, per_domain, seed=seed, levels=levels)]
+
+
+def heldout_problems(domain: str, seed: int, count: int = 200, exclude: set[str] | None = None) -> list[Problem]:
+    """Held-out items: another seed than training, and any question seen in training skipped."""
+    return generate_problems(domain, count, seed=seed + HELDOUT_SEED_OFFSET, exclude=exclude)
+
+
+def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row (positions then start at 0 for every row, as at inference)."""
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def cosine_lr(step: int, plan: TrainPlan) -> float:
+    """Linear warmup, then cosine from lr to lr * min_lr_ratio."""
+    if step < plan.warmup_steps:
+        return plan.lr * (step + 1) / plan.warmup_steps
+    t = (step - plan.warmup_steps) / max(1, plan.steps - plan.warmup_steps)
+    return plan.lr * (plan.min_lr_ratio + (1 - plan.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train(
+    model: Qwen3ForCausalLM,
+    examples: Sequence[Example],
+    plan: TrainPlan,
+    pad_id: int,
+    seed: int,
+    progress: Progress | None = None,
+    label: str = "train",
+) -> list[float]:
+    """AdamW on the assistant tokens only; batches drawn by a seeded shuffle, epoch after epoch. Returns losses."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # norms: no weight decay
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": plan.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=plan.lr,
+        betas=(0.9, 0.98),
+    )
+    task = progress.add_task(label, total=plan.steps, loss=float("nan")) if progress else None
+    losses = []
+    for step in range(plan.steps):
+        if len(order) < plan.batch_size:
+            fresh = list(range(len(examples)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [examples[i] for i in order[: plan.batch_size]]
+        del order[: plan.batch_size]
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, plan)
+        loss = model(**collate(batch, pad_id)).loss  # mean over the assistant tokens of the batch
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress is not None and task is not None:
+            progress.update(task, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
+    model.eval()
+    return losses
+
+
+def accuracy(
+    model: LocalModel, problems: Sequence[Problem], temperature: float, seed: int = 0, batch_size: int = 64
+) -> float:
+    """Share of problems whose answer after </think>, whitespace-collapsed, equals the reference."""
+    hits = 0
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        requests = [
+            (
+                [{"role": "user", "content": p.question}],
+                SamplingParams(temperature=temperature, top_p=0.95, max_tokens=200, seed=seed + start + i),
+            )
+            for i, p in enumerate(chunk)
+        ]
+        for p, c in zip(chunk, model.complete(requests), strict=True):
+            hits += " ".join(c.content.split()) == " ".join(p.reference.split())
+    return hits / len(problems)
+
+
+def make_progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+    )
+
+
+def train_checkpoint(
+    tokenizer: PreTrainedTokenizerBase,
+    shape: ModelShape,
+    plan: TrainPlan,
+    seed: int,
+    out_dir: Path,
+    progress: Progress | None = None,
+    label: str = "train",
+) -> set[str]:
+    """Train one model from random init on fresh items and save it; returns the training questions."""
+    problems = training_problems(seed, per_domain=-(-plan.steps * plan.batch_size // len(DOMAINS)), levels=plan.levels)
+    config = tiny_qwen3_config(tokenizer, **asdict(shape), max_position_embeddings=512)
+    model = random_model(config, seed=seed)
+    train(model, encode_problems(tokenizer, problems), plan, tokenizer.pad_token_id, seed, progress, label)
+    save_checkpoint(model, tokenizer, out_dir)
+    return {p.question for p in problems}
+
+
+def evaluate_dir(model_dir: Path, heldout: dict[str, list[Problem]], temperatures: Sequence[float]) -> dict:
+    model = LocalModel(model_dir)
+    return {
+        d: {f"T={t:g}": round(accuracy(model, items, t), 3) for t in temperatures} for d, items in heldout.items()
+    }
+
+
+def build(out_dir: Path, seed: int = DEFAULT_SEED, heldout_count: int = 200) -> dict:
+    """Train and save teacher/ and student/ under `out_dir`, evaluate both, write accuracy.json; returns it."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)  # CPU kernels: costs nothing here, makes reruns bit-identical
+    tokenizer = build_tokenizer()
+    started = time.time()
+    seen: set[str] = set()
+    with make_progress() as progress:
+        seen |= train_checkpoint(tokenizer, TEACHER_SHAPE, TEACHER_PLAN, seed, out_dir / "teacher", progress, "teacher")
+        seen |= train_checkpoint(
+            tokenizer, STUDENT_SHAPE, STUDENT_PLAN, seed + 1, out_dir / "student", progress, "student"
+        )
+    heldout = {d: heldout_problems(d, seed, heldout_count, exclude=seen) for d in DOMAINS}
+    report = {
+        "seed": seed,
+        "heldout_seed": seed + HELDOUT_SEED_OFFSET,
+        "heldout_per_domain": heldout_count,
+        "teacher": {"shape": asdict(TEACHER_SHAPE), "plan": asdict(TEACHER_PLAN)},
+        "student": {"shape": asdict(STUDENT_SHAPE), "plan": asdict(STUDENT_PLAN)},
+    }
+    for name in ("teacher", "student"):
+        report[name]["accuracy"] = evaluate_dir(out_dir / name, heldout, (0.0, 0.6))
+    report["build_seconds"] = round(time.time() - started)
+    (out_dir / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m branchmerge.tinylab.build",
+        description="Reproduce the shipped tinylab teacher and student-base weights from a seed.",
+        epilog="example: python -m branchmerge.tinylab.build --seed 20261122 --out /tmp/tinylab-weights",
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (fixed so reruns match bit for bit)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    report = build(args.out, args.seed)
+    for name in ("teacher", "student"):
+        for domain, acc in report[name]["accuracy"].items():
+            print(f"{name:<8} {domain:<8} " + "  ".join(f"{k} {v:.1%}" for k, v in acc.items()))
+    print(f"wrote {args.out} in {report['build_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

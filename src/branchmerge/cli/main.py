@@ -1,0 +1,62 @@
+"""The `branchmerge` command line: each command parses options and calls one library function."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from branchmerge.errors import BranchmergeError
+
+app = typer.Typer(
+    name="branchmerge",
+    help="Distil teacher LLMs into small reasoning models: traces → verify → SFT experts → merge → evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def clean_errors(fn: F) -> F:
+    """Bad input ends in one red line naming the file, field or port, and exit code 2 — no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BranchmergeError as e:
+            for line in str(e).splitlines():
+                err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/yellow]: finished stages are kept; rerun to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    def deco(fn: F) -> F:
+        return app.command(*args, **kwargs)(clean_errors(fn))  # type: ignore[return-value]
+
+    return deco
+
+
+from branchmerge.cli import recipes as _recipes  # noqa: E402,F401  (registers commands)
+from branchmerge.cli import pipeline as _pipeline  # noqa: E402,F401
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="branchmerge")
+    sys.exit(0)
+
+
+__all__ = ["Annotated", "Path", "app", "command", "console", "main"]

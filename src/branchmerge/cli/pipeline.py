@@ -1,0 +1,212 @@
+"""One command per pipeline stage; each is a thin wrapper over the library function it names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from branchmerge.cli.main import command, console
+from branchmerge.errors import BranchmergeError
+from branchmerge.records import EvalSample, Problem, SFTExample, Trace, read_jsonl, write_jsonl
+
+
+def _problems(path: Path) -> dict[str, Problem]:
+    return {p.id: p for p in read_jsonl(path, Problem)}
+
+
+@command("serve")
+def serve(
+    model: Annotated[Path, typer.Argument(help="Local checkpoint folder (config.json + safetensors).")],
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most sequences decoded together.")] = 32,
+) -> None:
+    """Serve a local checkpoint with an OpenAI-compatible API (/v1/chat/completions, /v1/models).
+
+    Example: branchmerge serve ./my-model --port 8000
+    """
+    from branchmerge.teachers.serve import serve as run_server
+
+    run_server(model, host=host, port=port, max_batch=max_batch)
+
+
+@command("generate")
+def generate(
+    problems: Annotated[Path, typer.Argument(help="Problems JSONL.")],
+    out: Annotated[Path, typer.Option("--out", help="Traces JSONL (appended; reruns skip done keys).")],
+    base_url: Annotated[str, typer.Option("--base-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")],
+    model: Annotated[str, typer.Option("--model", help="Model name sent to the endpoint.")],
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher name in the traces (default: model).")] = None,
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable with the API key.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Samples per problem per temperature.")] = 1,
+    temperature: Annotated[list[float] | None, typer.Option("--temperature", help="Repeatable.")] = None,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 4096,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight.")] = 8,
+) -> None:
+    """Ask a teacher for reasoning traces: each problem n times at each temperature.
+
+    Example: branchmerge generate problems.jsonl --out traces.jsonl --base-url http://127.0.0.1:8000/v1 --model teacher --temperature 0.6 --temperature 1.0
+    """
+    from branchmerge.teachers.client import TeacherConfig, generate_traces
+
+    cfg = TeacherConfig(
+        name=teacher or model, base_url=base_url, model=model, api_key_env=api_key_env, max_concurrency=concurrency
+    )
+    s = generate_traces(
+        list(_problems(problems).values()),
+        cfg,
+        out,
+        n=n,
+        temperatures=tuple(temperature or [0.6]),
+        top_p=top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+    )
+    console.print(s)
+
+
+@command("process")
+def process(
+    step: Annotated[str, typer.Argument(help="Processor: verify.")],
+    traces: Annotated[Path, typer.Argument(help="Traces JSONL.")],
+    problems: Annotated[Path, typer.Option("--problems", help="Problems JSONL the traces answer.")],
+    out: Annotated[Path, typer.Option("--out", help="Output traces JSONL (kept traces).")],
+) -> None:
+    """Run a CoT processor over traces. `verify` grades answers and keeps the correct ones.
+
+    Example: branchmerge process verify traces.jsonl --problems problems.jsonl --out verified.jsonl
+    """
+    from branchmerge.cot.verify import verify_traces
+
+    if step != "verify":
+        raise BranchmergeError(f"process: '{step}' is not a processor (known: verify)")
+    kept, report = verify_traces(read_jsonl(traces, Trace), _problems(problems))
+    write_jsonl(out, kept)
+    for row in report.rows():
+        console.print(row)
+    console.print(f"kept {report.kept}, dropped {report.dropped} → {out}")
+
+
+@command("build-sft")
+def build_sft(
+    traces: Annotated[Path, typer.Argument(help="Verified traces JSONL.")],
+    problems: Annotated[Path, typer.Option("--problems", help="Problems JSONL.")],
+    student: Annotated[Path, typer.Option("--student", help="Student checkpoint (its tokenizer counts tokens).")],
+    out: Annotated[Path, typer.Option("--out", help="SFT examples JSONL.")],
+    max_length: Annotated[int, typer.Option("--max-length", help="Drop longer examples.")] = 4096,
+) -> None:
+    """Turn verified traces into chat SFT examples in the Qwen3 thinking layout.
+
+    Example: branchmerge build-sft verified.jsonl --problems problems.jsonl --student ./student --out sft.jsonl
+    """
+    from transformers import AutoTokenizer
+
+    from branchmerge.teachers.local import check_model_dir
+    from branchmerge.train import build_sft_examples
+
+    tok = AutoTokenizer.from_pretrained(check_model_dir(student))
+    examples, report = build_sft_examples(read_jsonl(traces, Trace), _problems(problems), tok, max_length)
+    write_jsonl(out, examples)
+    console.print(f"{report.examples} examples ({report.tokens} tokens), {report.too_long} too long → {out}")
+
+
+@command("train")
+def train(
+    sft: Annotated[Path, typer.Argument(help="SFT examples JSONL.")],
+    base: Annotated[Path, typer.Option("--base", help="Base checkpoint to fine-tune.")],
+    out: Annotated[Path, typer.Option("--out", help="Output checkpoint folder.")],
+    method: Annotated[str, typer.Option("--method", help="full or lora.")] = "full",
+    max_steps: Annotated[int, typer.Option("--max-steps")] = 100,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    lr: Annotated[float, typer.Option("--lr")] = 5e-4,
+    max_length: Annotated[int, typer.Option("--max-length")] = 4096,
+    domain: Annotated[list[str] | None, typer.Option("--domain", help="Train only on these domains.")] = None,
+) -> None:
+    """Supervised fine-tuning (TRL SFTTrainer), loss on assistant tokens only; saves full weights.
+
+    Example: branchmerge train sft.jsonl --base ./student --out ./expert-add --domain add --max-steps 100
+    """
+    from pydantic import ValidationError
+
+    from branchmerge.train import SFTSettings, train_sft
+
+    try:
+        settings = SFTSettings(
+            method=method, max_steps=max_steps, batch_size=batch_size, learning_rate=lr, max_length=max_length  # type: ignore[arg-type]
+        )
+    except ValidationError as e:
+        raise BranchmergeError(f"train: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    examples = [e for e in read_jsonl(sft, SFTExample) if not domain or e.domain in domain]
+    r = train_sft(examples, base, out, settings, label=out.name)
+    console.print(f"{r.steps} steps on {r.examples} examples, loss {r.first_loss:.3f} → {r.final_loss:.3f} → {out}")
+
+
+@command("merge")
+def merge(
+    config: Annotated[Path, typer.Argument(help="mergekit-style YAML merge config.")],
+    out: Annotated[Path, typer.Argument(help="Output checkpoint folder.")],
+) -> None:
+    """Merge checkpoints tensor by tensor (linear, slerp, ties, arcee_fusion) from a mergekit YAML.
+
+    Example: branchmerge merge slerp.yaml ./merged
+    """
+    from branchmerge.merge import load_merge_config, run_merge
+
+    r = run_merge(load_merge_config(config), out)
+    console.print(f"{r.method}: {r.n_tensors} tensors in {r.seconds:.1f} s → {out}")
+
+
+@command("eval")
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Local checkpoint folder.")],
+    problems: Annotated[Path, typer.Option("--problems", help="Problems JSONL (held-out items).")],
+    out: Annotated[Path, typer.Option("--out", help="Samples JSONL (appended; reruns resume).")],
+    name: Annotated[str | None, typer.Option("--name", help="Model name in the results.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Samples per item.")] = 1,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 4096,
+) -> None:
+    """Evaluate a checkpoint on problems, n samples each, graded by the problems' graders.
+
+    Example: branchmerge eval ./expert-add --problems eval.jsonl --out samples.jsonl --n 4 --temperature 0.6
+    """
+    from branchmerge.evaluate import accuracy_table, evaluate_model
+
+    samples = evaluate_model(
+        model,
+        list(_problems(problems).values()),
+        out,
+        model_name=name,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+    )
+    for m, row in accuracy_table(samples).items():
+        console.print(m, {d: f"{100 * a:.1f}%" for d, (a, _) in row.items()})
+
+
+@command("report")
+def report(
+    samples: Annotated[list[Path], typer.Argument(help="One or more eval samples JSONL files.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for report.md and accuracy.png.")],
+    baseline: Annotated[str, typer.Option("--baseline", help="Model the others are compared with.")],
+) -> None:
+    """Write report.md (table, confidence intervals, paired tests) and a grouped bar chart.
+
+    Example: branchmerge report base.jsonl expert.jsonl --out report/ --baseline student
+    """
+    from branchmerge.evaluate.report import render_report
+
+    all_samples = [s for f in samples for s in read_jsonl(f, EvalSample)]
+    if baseline not in {s.model for s in all_samples}:
+        raise BranchmergeError(f"--baseline: '{baseline}' is not a model in the samples")
+    path = render_report(all_samples, out, baseline=baseline)
+    console.print(f"→ {path}")
+    console.print(json.dumps(sorted({s.model for s in all_samples})))

@@ -1,0 +1,1 @@
+"""CoT processors: each reads and writes Trace records and adds its field."""

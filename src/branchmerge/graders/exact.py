@@ -1,0 +1,30 @@
+"""Exact match after normalisation: whitespace collapsed, optional case folding, optional regex extraction.
+
+Spec: {"type": "exact", "case_sensitive": true, "extract": "<regex with one group>"}.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from branchmerge.graders.base import Grade
+
+
+def normalize(text: str, case_sensitive: bool = True) -> str:
+    text = " ".join(text.split())
+    return text if case_sensitive else text.casefold()
+
+
+def grade_exact(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
+    case = bool(spec.get("case_sensitive", True))
+    pattern = spec.get("extract")
+    if pattern:
+        m = re.search(pattern, answer)
+        if not m:
+            return Grade(False, f"no match for /{pattern}/")
+        answer = m.group(1) if m.groups() else m.group(0)
+    got, want = normalize(answer, case), normalize(reference, case)
+    if not got:
+        return Grade(False, "empty answer")
+    return Grade(got == want, "" if got == want else f"got {got!r}, want {want!r}")

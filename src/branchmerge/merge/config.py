@@ -1,0 +1,150 @@
+"""The merge config: mergekit's YAML (the `models:` form), checked for shape before anything else happens.
+
+This module only checks that the document is well formed. What needs the method registry or the disk (is the
+method known, does it take this many models, do the folders exist) is checked in `plan.py`, still before any
+weight is read.
+
+Parameter values keep the plain YAML structure (numbers, lists, `{filter, value}` dicts) so that a config
+dumps back to the YAML a person wrote; `parameters.py` interprets them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from branchmerge.errors import BranchmergeError
+
+DTypeName = Literal["float32", "float16", "bfloat16"]
+
+_SETTING_HELP = (
+    "must be a number, true/false, a list of numbers (a gradient over the layers) "
+    "or a list of {filter, value} rules"
+)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_rule_value(v: object) -> object:
+    if isinstance(v, bool) or _is_number(v):
+        return v
+    if isinstance(v, list) and v and all(_is_number(x) for x in v):
+        return v
+    raise ValueError("a rule's 'value' must be a number, true/false or a non-empty list of numbers")
+
+
+def _check_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(rule) - {"filter", "value"})
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in a rule (a rule has 'filter' and 'value')")
+    if "value" not in rule:
+        raise ValueError("a rule needs a 'value'")
+    filt = rule.get("filter")
+    if filt is not None and not isinstance(filt, str):
+        raise ValueError("a rule's 'filter' must be a string (a substring of the tensor name, or '*')")
+    out: dict[str, Any] = {"value": _check_rule_value(rule["value"])}
+    if filt is not None:
+        out = {"filter": filt, **out}
+    return out
+
+
+def check_setting(v: object) -> object:
+    """Accept the value forms mergekit accepts for numbers; a single rule dict becomes a one-rule list."""
+    if isinstance(v, bool) or _is_number(v):
+        return v
+    if isinstance(v, dict):
+        return [_check_rule(v)]
+    if isinstance(v, list) and v:
+        if all(_is_number(x) for x in v):
+            return v
+        if all(isinstance(x, dict) for x in v):
+            return [_check_rule(x) for x in v]
+    raise ValueError(_SETTING_HELP)
+
+
+Setting = Annotated[Any, AfterValidator(check_setting)]
+
+
+class InputModel(BaseModel):
+    """One entry of `models:`: a folder and the per-model parameters (e.g. `weight`, `density`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    parameters: dict[str, Setting] | None = None
+
+
+class MergeConfig(BaseModel):
+    """mergekit's merge YAML, models form. `dtype` is the working precision inputs are rounded to (math is fp32
+    either way); `out_dtype` (default: `dtype`, else the inputs' own dtype) is what is written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    merge_method: str
+    models: list[InputModel] = Field(min_length=1)
+    base_model: str | None = None
+    parameters: dict[str, Setting] | None = None
+    dtype: DTypeName | None = None
+    out_dtype: DTypeName | None = None
+    tokenizer_source: str | None = None
+
+    def to_yaml(self) -> str:
+        """The config as YAML that `load_merge_config` reads back to an equal config."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+_UNSUPPORTED_KEYS = {
+    "slices": "the 'slices' form is not supported yet; list whole models under 'models'",
+    "modules": "the 'modules' form is not supported; list whole models under 'models'",
+    "tokenizer": "the 'tokenizer' block is not supported; use tokenizer_source (a model folder or 'base')",
+    "chat_template": "'chat_template' is not supported; the tokenizer_source's chat template is copied",
+}
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _message(err: Any) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        if len(loc) == 1 and loc[0] in _UNSUPPORTED_KEYS:
+            return _UNSUPPORTED_KEYS[str(loc[0])]
+        return "unknown key"
+    if err["type"] == "value_error":
+        return str(err["ctx"]["error"])
+    return str(err["msg"])
+
+
+def validate_merge_config(data: object, source: str = "merge config") -> MergeConfig:
+    """Validate a parsed document; every problem is reported at once, each naming `source` and the field."""
+    if isinstance(data, MergeConfig):
+        return data
+    if not isinstance(data, dict):
+        raise BranchmergeError(f"{source}: expected a mapping with merge_method and models at the top level")
+    try:
+        return MergeConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{source}: {_field(tuple(err['loc']))}: {_message(err)}" for err in e.errors()]
+        raise BranchmergeError("\n".join(lines)) from None
+
+
+def load_merge_config(path: str | Path) -> MergeConfig:
+    """Read a mergekit-style YAML file; errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise BranchmergeError(f"{path}: merge config not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise BranchmergeError(f"{path}: not valid YAML ({e})") from None
+    return validate_merge_config(data, str(path))

@@ -1,0 +1,64 @@
+"""The contract every merge method fills: a function of fp32 tensors and typed, already-resolved parameters.
+
+The engine resolves each parameter for each tensor (gradients, filters, model -> global -> default) before any
+weight is read, so a method only sees plain numbers. The spec tables below are what the engine validates the
+config against: unknown names, missing required values and out-of-range values are all caught up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from branchmerge.merge.parameters import ParamValue
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter a method reads. `default=None` means required."""
+
+    kind: Literal["number", "bool"] = "number"
+    default: ParamValue | None = None
+    low: float | None = None
+    high: float | None = None
+    ignored: bool = False  # accepted so mergekit configs load, but has no effect here
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class TensorParams:
+    """Parameters of one output tensor: `params` are global, `model_params[i]` belong to input i."""
+
+    base: int | None
+    params: Mapping[str, ParamValue]
+    model_params: Sequence[Mapping[str, ParamValue]]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered merge method.
+
+    apply: fp32 input tensors (in input order) and the tensor's parameters -> merged fp32 tensor. It must not
+        modify its inputs.
+    params / model_params: global and per-model parameter specs. A per-model parameter may also be given under
+        the top-level `parameters`, as a default for every model (as in mergekit).
+    needs_base: the base_model is an input (appended if not listed) and gets no per-model parameters.
+    n_inputs: exact number of distinct input models including the base, or None for "one or more".
+    check: from the parameters alone, why this tensor cannot be merged (e.g. weights summing to 0 under
+        normalize), or None; run for every tensor during validation.
+    passthrough: from the parameters alone, the input whose tensor *is* the output (e.g. SLERP at t = 0), so
+        the engine reads only that tensor and copies its bytes; None when the output must be computed.
+    """
+
+    name: str
+    apply: Callable[[Sequence[torch.Tensor], TensorParams], torch.Tensor]
+    params: Mapping[str, ParamSpec] = field(default_factory=dict)
+    model_params: Mapping[str, ParamSpec] = field(default_factory=dict)
+    needs_base: bool = False
+    n_inputs: int | None = None
+    check: Callable[[TensorParams], str | None] | None = None
+    passthrough: Callable[[TensorParams], int | None] | None = None
+    summary: str = ""

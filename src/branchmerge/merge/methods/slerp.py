@@ -1,0 +1,73 @@
+"""SLERP: spherical linear interpolation between the base model and one other model, tensor by tensor.
+
+Shoemake, "Animating rotation with quaternion curves", SIGGRAPH 1985, the Slerp formula:
+
+    Omega = arccos(<theta_0 / |theta_0|, theta_1 / |theta_1|>)                         (1)
+    slerp(theta_0, theta_1; t) = sin((1 - t) Omega) / sin Omega * theta_0
+                               + sin(t Omega) / sin Omega * theta_1                    (2)
+
+theta_0 is the base_model (t = 0 gives it), theta_1 the other model (t = 1 gives it). As in mergekit: the
+direction uses whole-tensor norms (a norm <= 1e-8 is left unnormalised), the cosine is clamped to [-1, 1],
+nearly parallel tensors (|cos| > 0.9995, where sin Omega ~ 0) fall back to lerp (1 - t) theta_0 + t theta_1,
+and the coefficients of (2) multiply the raw tensors, so norms are interpolated too.
+
+YAML: global `t` (a number, a layer gradient or filter rules). A `t` under one model is an error here;
+mergekit silently ignores it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from branchmerge.merge.methods.contract import MergeMethod, ParamSpec, TensorParams
+
+DOT_THRESHOLD = 0.9995
+EPS = 1e-8
+
+
+def slerp(t: float, theta_0: torch.Tensor, theta_1: torch.Tensor) -> torch.Tensor:
+    """Eq. (2) in fp32, with the lerp fallback for nearly parallel tensors."""
+    theta_0, theta_1 = theta_0.float(), theta_1.float()
+    norm_0 = float(torch.linalg.vector_norm(theta_0))
+    norm_1 = float(torch.linalg.vector_norm(theta_1))
+    # <theta_0/|theta_0|, theta_1/|theta_1|> without materialising the normalised copies.
+    dot = float(torch.dot(theta_0.flatten(), theta_1.flatten()))
+    dot /= (norm_0 if norm_0 > EPS else 1.0) * (norm_1 if norm_1 > EPS else 1.0)
+    dot = min(1.0, max(-1.0, dot))
+    if abs(dot) > DOT_THRESHOLD:
+        return theta_0 * (1 - t) + theta_1 * t
+    omega = math.acos(dot)  # (1)
+    sin_omega = math.sin(omega)
+    s_0 = math.sin((1 - t) * omega) / sin_omega  # (2)
+    s_1 = math.sin(t * omega) / sin_omega
+    return theta_0 * s_0 + theta_1 * s_1
+
+
+def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor:
+    assert p.base is not None
+    other = 1 - p.base
+    return slerp(float(p.params["t"]), thetas[p.base], thetas[other])
+
+
+def _passthrough(p: TensorParams) -> int | None:
+    assert p.base is not None
+    t = p.params["t"]
+    if t == 0:
+        return p.base
+    if t == 1:
+        return 1 - p.base
+    return None
+
+
+METHOD = MergeMethod(
+    name="slerp",
+    apply=_apply,
+    params={"t": ParamSpec(help="0 = base_model, 1 = the other model")},
+    needs_base=True,
+    n_inputs=2,
+    passthrough=_passthrough,
+    summary="spherical interpolation between base_model and one other model",
+)

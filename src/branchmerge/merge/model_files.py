@@ -1,0 +1,85 @@
+"""Everything in the output folder besides the weights: config, generation config, tokenizer, model card.
+
+The model card records the exact YAML and the sha256 of every input weight file, so a merged model can be
+traced back to the bytes it was made from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from branchmerge.merge.config import MergeConfig
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+def sha256_file(path: Path, chunk: int = 16 * 1024 * 1024) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_config(src_dir: Path, out_dir: Path, dtype_name: str | None) -> None:
+    """Copy config.json, recording the output dtype under `dtype` (and `torch_dtype` if the file uses it)."""
+    config = json.loads((src_dir / "config.json").read_text(encoding="utf-8"))
+    if dtype_name is not None:
+        config["dtype"] = dtype_name
+        if "torch_dtype" in config:
+            config["torch_dtype"] = dtype_name
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def copy_support_files(config_dir: Path, tokenizer_dir: Path, out_dir: Path) -> list[str]:
+    """Copy generation_config.json and the tokenizer files that exist; returns the names copied."""
+    copied = []
+    for src_dir, names in ((config_dir, ("generation_config.json",)), (tokenizer_dir, TOKENIZER_FILES)):
+        for name in names:
+            if (src_dir / name).is_file():
+                shutil.copyfile(src_dir / name, out_dir / name)
+                copied.append(name)
+    return copied
+
+
+def write_model_card(out_dir: Path, config: MergeConfig, hashes: Mapping[Path, str], n_tensors: int) -> None:
+    """README.md with the merge config and the inputs' sha256; merge_config.yaml with the config alone."""
+    yaml_text = config.to_yaml()
+    rows = "\n".join(f"| `{path}` | `{digest}` |" for path, digest in hashes.items())
+    card = f"""---
+library_name: transformers
+tags:
+- merge
+- branchmerge
+---
+# Merged model
+
+Made by `branchmerge merge` with the `{config.merge_method}` method ({n_tensors} tensors).
+
+## Configuration
+
+```yaml
+{yaml_text.rstrip()}
+```
+
+## Input weights
+
+| file | sha256 |
+|---|---|
+{rows}
+"""
+    (out_dir / "README.md").write_text(card, encoding="utf-8")
+    (out_dir / "merge_config.yaml").write_text(yaml_text, encoding="utf-8")

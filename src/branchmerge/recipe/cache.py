@@ -1,0 +1,76 @@
+"""Content-addressed stage folders: a stage's folder is named by a hash of its inputs and settings.
+
+A finished stage holds `stage.json`; a rerun with the same inputs reuses it. Work happens in `<folder>.partial`,
+renamed into place only when the stage completes, so an interrupted run never leaves a folder that looks done;
+stages that can resume (trace generation) pick up their own partial folder on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_MODEL_FILES = ("*.safetensors", "*.json", "*.jinja", "*.txt")
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def dir_fingerprint(path: str | Path) -> str:
+    """Hash of a model folder's weights, configs and tokenizer files (content, not timestamps)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted({f for pattern in _MODEL_FILES for f in path.glob(pattern) if f.is_file()})
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    name: str
+    key: str
+    path: Path
+    reused: bool
+    seconds: float  # of this run (0 when reused)
+    original_seconds: float
+    summary: dict[str, Any]
+
+
+class StageCache:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root) / "stages"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def run(self, name: str, key: str, fn: Callable[[Path], dict[str, Any]]) -> StageOutcome:
+        """Reuse `name-key` if finished, else run `fn(work_dir) -> summary` and publish the folder."""
+        final = self.root / f"{name}-{key}"
+        meta = final / "stage.json"
+        if meta.exists():
+            info = json.loads(meta.read_text())
+            return StageOutcome(name, key, final, True, 0.0, info["seconds"], info["summary"])
+        work = final.with_name(final.name + ".partial")
+        work.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        summary = fn(work)
+        seconds = time.perf_counter() - start
+        (work / "stage.json").write_text(
+            json.dumps({"name": name, "key": key, "seconds": seconds, "summary": summary}, indent=2, default=str)
+        )
+        if final.exists():  # a folder without stage.json: left by an older, broken run
+            shutil.rmtree(final)
+        os.replace(work, final)
+        return StageOutcome(name, key, final, False, seconds, seconds, summary)

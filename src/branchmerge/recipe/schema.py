@@ -1,0 +1,168 @@
+"""The recipe schema: validated once on entry, unknown keys are errors that name the file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from branchmerge.errors import BranchmergeError
+from branchmerge.train.sft import SFTSettings
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProblemsSpec(_Spec):
+    source: str = "tinylab"
+    domains: list[str]
+    train_per_domain: int = Field(gt=0)
+    eval_per_domain: int = Field(gt=0)
+    levels: list[int] = [1, 2, 3, 4]
+    train_seed: int = 1
+    eval_seed: int = 2
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v != "tinylab":
+            raise ValueError(f"'{v}' is not a problem source (known: tinylab)")
+        return v
+
+    @field_validator("domains")
+    @classmethod
+    def _known_domains(cls, v: list[str]) -> list[str]:
+        from branchmerge.tinylab.domains import DOMAINS
+
+        bad = [d for d in v if d not in DOMAINS]
+        if bad:
+            raise ValueError(f"unknown tinylab domain(s) {bad} (known: {', '.join(DOMAINS)})")
+        if not v:
+            raise ValueError("at least one domain is needed")
+        return v
+
+
+class TeacherSpec(_Spec):
+    """A teacher: a local checkpoint that the run serves on 127.0.0.1, or an OpenAI-compatible endpoint."""
+
+    name: str
+    checkpoint: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int = Field(default=8, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherSpec:
+        if (self.checkpoint is None) == (self.base_url is None):
+            raise ValueError("give exactly one of 'checkpoint' (served locally) or 'base_url' (an endpoint)")
+        if self.base_url is not None and self.model is None:
+            raise ValueError("'model' is required with 'base_url'")
+        return self
+
+
+class GenerateSpec(_Spec):
+    n: int = Field(default=1, gt=0)
+    temperatures: list[float] = [0.6]
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=512, gt=0)
+    seed: int = 0
+
+
+class BuildSFTSpec(_Spec):
+    max_length: int = Field(default=4096, gt=0)
+
+
+class TrainSpec(_Spec):
+    student: str
+    experts: str = "domain"
+    mixture: bool = True
+    mixture_budget: str = "sum"  # "sum": the mixture gets the experts' total steps; "same": one expert's steps
+    settings: SFTSettings = SFTSettings()
+
+    @field_validator("experts")
+    @classmethod
+    def _experts(cls, v: str) -> str:
+        if v != "domain":
+            raise ValueError(f"'{v}' is not an expert split (known: domain)")
+        return v
+
+    @field_validator("mixture_budget")
+    @classmethod
+    def _budget(cls, v: str) -> str:
+        if v not in ("sum", "same"):
+            raise ValueError(f"'{v}' is not a mixture budget (known: sum, same)")
+        return v
+
+
+class EvalSpec(_Spec):
+    n: int = Field(default=1, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int = Field(default=512, gt=0)
+    seed: int = 0
+    baseline: str = "student"
+
+
+class Recipe(_Spec):
+    name: str
+    problems: ProblemsSpec
+    teachers: list[TeacherSpec] = Field(min_length=1)
+    generate: GenerateSpec = GenerateSpec()
+    build_sft: BuildSFTSpec = BuildSFTSpec()
+    train: TrainSpec
+    merges: dict[str, dict[str, Any]] = {}
+    eval: EvalSpec = EvalSpec()
+
+    @model_validator(mode="after")
+    def _unique_teacher_names(self) -> Recipe:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        return self
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a recipe dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise BranchmergeError(f"override '{item}': expected KEY=VALUE, e.g. train.settings.max_steps=20")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {} if p not in node else node[p]
+                if not isinstance(node[p], dict):
+                    raise BranchmergeError(f"{source}: override '{key}': '{p}' is not a section")
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe; every problem is reported at once, each naming the file and field."""
+    path = Path(path)
+    if not path.exists():
+        raise BranchmergeError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise BranchmergeError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise BranchmergeError(f"{path}: a recipe must be a YAML mapping")
+    data = apply_overrides(data, overrides or [], str(path))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msgs.append(f"{path}: {field}: {msg}")
+        raise BranchmergeError("\n".join(msgs)) from None

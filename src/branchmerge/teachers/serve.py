@@ -1,0 +1,535 @@
+"""An OpenAI-compatible chat server over a local checkpoint, with dynamic batching.
+
+Why: every stage that talks to a teacher or judge speaks the OpenAI chat API, so the embedded tiny teacher is
+served the same way as a vLLM or hosted endpoint, and the client code path is the one users run at scale.
+
+Concurrent requests are queued row by row (a request with `n=4` is four rows). One worker thread takes up to
+`max_batch` pending rows, waiting at most `batch_wait_s` for more once the first arrives, runs
+`LocalModel.complete` once for all of them, and resolves each request's future. While a batch runs, new
+requests pile up and form the next batch, so throughput grows with load without hurting a lone request's
+latency by more than `batch_wait_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from branchmerge.errors import BranchmergeError
+from branchmerge.teachers.local import Completion, LocalModel, SamplingParams, check_model_dir
+
+Messages = list[dict[str, str]]
+Row = tuple[Messages, SamplingParams]
+MAX_N = 128  # OpenAI's own limit on `n`
+DEFAULT_MAX_TOKENS = 256  # only when the model's context length is unknown
+
+
+class CompletionModel(Protocol):
+    """What the server needs from a model; `LocalModel` is one, a test fake is another."""
+
+    name: str
+
+    def prompt_ids(self, messages: Messages) -> list[int]: ...
+
+    def complete(self, requests: list[Row]) -> list[Completion]: ...
+
+
+# --------------------------------------------------------------------------------------------- batching
+
+
+class QueueFullError(Exception):
+    """More rows are waiting than the server accepts; the client should retry later (HTTP 503)."""
+
+
+@dataclass
+class BatchStats:
+    """Counters a test or `/health` reads to see that concurrent requests shared batches."""
+
+    requests: int = 0
+    rows: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+    busy_s: float = 0.0
+
+
+@dataclass
+class _Job:
+    rows: list[Row]
+    future: Future[list[Completion]]
+    results: list[Completion | None]
+    remaining: int
+
+
+class Batcher:
+    """A row queue drained by one worker thread that calls `complete` once per batch."""
+
+    def __init__(
+        self,
+        complete: Callable[[list[Row]], list[Completion]],
+        *,
+        max_batch: int = 32,
+        batch_wait_s: float = 0.01,
+        max_queue: int = 256,
+    ) -> None:
+        self._complete = complete
+        self.max_batch, self.batch_wait_s, self.max_queue = max_batch, batch_wait_s, max_queue
+        self.stats = BatchStats()
+        self._pending: deque[tuple[_Job, int]] = deque()  # (job, row index in the job)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def queued_rows(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        """Start the worker (idempotent)."""
+        with self._cond:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._loop, name="branchmerge-batcher", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the running batch, fail every queued request, and join the worker."""
+        with self._cond:
+            self._stopping = True
+            dropped = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        for job, _ in dropped:
+            _settle(job.future, error=RuntimeError("server is shutting down"))
+        if thread is not None:
+            thread.join()
+
+    def submit(self, rows: list[Row]) -> Future[list[Completion]]:
+        """Queue a request's rows; the future resolves to their completions in order."""
+        self.start()
+        job = _Job(rows, Future(), [None] * len(rows), len(rows))
+        with self._cond:
+            if len(self._pending) + len(rows) > self.max_queue:
+                raise QueueFullError(f"{len(self._pending)} rows queued (limit {self.max_queue})")
+            self._pending.extend((job, i) for i in range(len(rows)))
+            self.stats.requests += 1
+            self._cond.notify_all()
+        return job.future
+
+    def _take(self) -> list[tuple[_Job, int]] | None:
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(self._pending) < self.max_batch and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            take = min(self.max_batch, len(self._pending))
+            batch = [self._pending.popleft() for _ in range(take)]
+        return [(job, i) for job, i in batch if not job.future.cancelled()]  # the client went away
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[tuple[_Job, int]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            outs = self._complete([job.rows[i] for job, i in batch])
+        except Exception as e:  # a model failure fails this batch's requests, not the server
+            for job, _ in batch:
+                _settle(job.future, error=e)
+            return
+        finally:
+            self.stats.batches += 1
+            self.stats.rows += len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            self.stats.busy_s += time.perf_counter() - t0
+        for (job, i), out in zip(batch, outs, strict=True):
+            job.results[i] = out
+            job.remaining -= 1
+            if job.remaining == 0:
+                _settle(job.future, result=[r for r in job.results if r is not None])
+
+
+def _settle(
+    future: Future[list[Completion]], result: list[Completion] | None = None, error: Exception | None = None
+) -> None:
+    """Resolve a future unless its request was cancelled meanwhile (the event loop may cancel at any time)."""
+    with contextlib.suppress(InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        elif result is not None:
+            future.set_result(result)
+
+
+# --------------------------------------------------------------------------------------------- API schema
+
+
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str = ""
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[_TextPart] | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        if isinstance(self.content, list):  # OpenAI content parts: only text is meaningful here
+            return {"role": self.role, "content": "".join(p.text for p in self.content if p.type == "text")}
+        return {"role": self.role, "content": self.content or ""}
+
+
+class ChatRequest(BaseModel):
+    """The OpenAI chat-completions fields we honour. Unknown fields are ignored, as OpenAI servers do,
+    except the few in `_UNSUPPORTED` that would change the output and are refused rather than dropped."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stream: bool = False
+
+
+_UNSUPPORTED = ("stop", "logprobs", "top_logprobs", "tools", "response_format", "logit_bias")
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+
+
+def _error_response(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    err = exc.errors()[0]
+    if err.get("type") == "json_invalid":
+        return f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})", None
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    return (f"'{param}': {err['msg']}" if param else err["msg"]), param
+
+
+# --------------------------------------------------------------------------------------------- the app
+
+
+def build_app(
+    model: CompletionModel,
+    *,
+    model_name: str | None = None,
+    context_length: int | None = None,
+    max_batch: int = 32,
+    batch_wait_s: float = 0.01,
+    max_queue: int = 256,
+) -> FastAPI:
+    """The FastAPI app over any `CompletionModel`; `create_app` is the usual entry point."""
+    name = model_name or model.name
+    batcher = Batcher(model.complete, max_batch=max_batch, batch_wait_s=batch_wait_s, max_queue=max_queue)
+    created = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await asyncio.to_thread(batcher.stop)
+
+    app = FastAPI(title=f"branchmerge serve: {name}", lifespan=lifespan)
+    app.state.stats = batcher.stats
+    app.state.batcher = batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return _error_response(400, message, "invalid_request_error", param)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc.status, exc.message, exc.kind, exc.param)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        s = batcher.stats
+        return {
+            "status": "ok",
+            "model": name,
+            "queued_rows": batcher.queued_rows,
+            "batches": s.batches,
+            "rows": s.rows,
+            "requests": s.requests,
+        }
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": created, "owned_by": "branchmerge"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest) -> dict[str, Any]:
+        rows, prompt_tokens = _rows_for(req, model, name, context_length)
+        if len(rows) > batcher.max_queue:
+            raise ApiError(400, f"n={len(rows)} exceeds this server's queue of {batcher.max_queue} rows", "n")
+        try:
+            future = batcher.submit(rows)
+        except QueueFullError as e:
+            raise ApiError(503, f"server busy: {e}; retry later", kind="server_overloaded") from None
+        try:
+            outs = await asyncio.wrap_future(future)
+        except Exception as e:
+            raise ApiError(500, f"generation failed: {type(e).__name__}: {e}") from None
+        return _response(name, outs, prompt_tokens)
+
+    return app
+
+
+def _rows_for(
+    req: ChatRequest, model: CompletionModel, name: str, context_length: int | None
+) -> tuple[list[Row], int]:
+    """Validate what pydantic cannot, and expand a request into its `n` rows (choice j gets seed + j)."""
+    if req.stream:
+        raise ApiError(400, "stream=true is not supported by this server yet; send stream=false", "stream")
+    for field in _UNSUPPORTED:
+        if (req.model_extra or {}).get(field):
+            raise ApiError(400, f"'{field}' is not supported by this server; remove it", field)
+    if req.model is not None and req.model != name:
+        raise ApiError(
+            404,
+            f"model '{req.model}' is not served here (this server serves '{name}')",
+            "model",
+            kind="not_found_error",
+        )
+    messages = [m.as_dict() for m in req.messages]
+    try:
+        prompt_tokens = len(model.prompt_ids(messages))
+    except Exception as e:  # a chat template that rejects these messages (e.g. an unknown role)
+        raise ApiError(400, f"messages do not fit the chat template: {e}", "messages") from None
+    # Like OpenAI, no max_tokens means "up to the end of the context".
+    max_tokens = req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS
+    if context_length is not None:
+        room = context_length - prompt_tokens
+        if room < 1:
+            raise ApiError(
+                400,
+                f"the prompt has {prompt_tokens} tokens, but the model's context is "
+                f"{context_length} tokens; shorten the messages",
+                "messages",
+            )
+        if req.max_completion_tokens is None and req.max_tokens is None:
+            max_tokens = room
+        elif max_tokens > room:
+            raise ApiError(
+                400,
+                f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}, but the "
+                f"model's context is {context_length} tokens; lower max_tokens",
+                "max_tokens",
+            )
+    rows = [
+        (
+            messages,
+            SamplingParams(
+                req.temperature, req.top_p, max_tokens, None if req.seed is None else req.seed + j
+            ),
+        )
+        for j in range(req.n)
+    ]
+    return rows, prompt_tokens
+
+
+def _response(name: str, outs: list[Completion], prompt_tokens: int) -> dict[str, Any]:
+    """OpenAI's chat.completion shape. Each choice also carries its own `completion_tokens` (an extension:
+    OpenAI only reports the sum in `usage`), so clients can record exact per-sample lengths."""
+    choices = [
+        {
+            "index": j,
+            "message": {"role": "assistant", "content": c.content, "reasoning_content": c.reasoning},
+            "finish_reason": c.finish_reason,
+            "completion_tokens": c.completion_tokens,
+        }
+        for j, c in enumerate(outs)
+    ]
+    completion_tokens = sum(c.completion_tokens for c in outs)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": name,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,  # counted once per request, as OpenAI does
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def create_app(
+    model_dir: str | Path,
+    *,
+    model_name: str | None = None,
+    max_batch: int = 32,
+    batch_wait_s: float = 0.01,
+    max_queue: int = 256,
+) -> FastAPI:
+    """Load the checkpoint in `model_dir` (BranchmergeError if it is not one) and build its server app."""
+    check_model_dir(model_dir)
+    model = LocalModel(model_dir)
+    context = getattr(model.model.config, "max_position_embeddings", None)
+    return build_app(
+        model,
+        model_name=model_name,
+        context_length=context,
+        max_batch=max_batch,
+        batch_wait_s=batch_wait_s,
+        max_queue=max_queue,
+    )
+
+
+# --------------------------------------------------------------------------------------------- running it
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen before loading anything, so a taken port fails fast and no other process can take it
+    between the check and uvicorn's start (the socket itself is handed to uvicorn)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # allows TIME_WAIT reuse, not a live listener
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise BranchmergeError(
+                f"port {port} on {host} is already in use (another server?); pick another port, or 0 for a free one"
+            ) from None
+        raise BranchmergeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def _serving(app: FastAPI, sock: socket.socket) -> Iterator[str]:
+    """Run uvicorn on an already bound socket in a background thread; yield the root URL."""
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="branchmerge-uvicorn", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(timeout=5)
+            sock.close()
+            raise BranchmergeError(f"server on {host}:{port} failed to start (see the log above)")
+        time.sleep(0.01)
+    try:
+        yield _url(host, port)
+    finally:
+        server.should_exit = True  # uvicorn then finishes in-flight requests and closes the socket
+        thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def running_app(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve any ASGI app from a background thread; yields its root URL ("http://127.0.0.1:PORT").
+
+    Port 0 picks a free port. On exit the server finishes in-flight requests (up to 10 s) and stops.
+    Tests use it to stand up fake OpenAI-compatible endpoints.
+    """
+    with _serving(app, bind_socket(host, port)) as root:
+        yield root
+
+
+@contextlib.contextmanager
+def running_server(
+    model_dir: str | Path, host: str = "127.0.0.1", port: int = 0, **app_options: Any
+) -> Iterator[str]:
+    """Serve `model_dir` from a background thread for in-process use (the demo, tests).
+
+    Yields the OpenAI base URL, e.g. "http://127.0.0.1:PORT/v1". `app_options` go to `create_app`.
+    """
+    sock = bind_socket(host, port)  # a taken port fails before any time is spent loading the model
+    try:
+        app = create_app(model_dir, **app_options)
+    except BaseException:
+        sock.close()
+        raise
+    with _serving(app, sock) as root:
+        yield root + "/v1"
+
+
+def serve(
+    model_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    model_name: str | None = None,
+    max_batch: int = 32,
+    batch_wait_s: float = 0.01,
+    max_queue: int = 256,
+    log_level: str = "info",
+) -> None:
+    """Serve `model_dir` until interrupted (blocking). The OpenAI base URL is http://HOST:PORT/v1."""
+    sock = bind_socket(host, port)
+    try:
+        app = create_app(
+            model_dir,
+            model_name=model_name,
+            max_batch=max_batch,
+            batch_wait_s=batch_wait_s,
+            max_queue=max_queue,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    real_port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=real_port, log_level=log_level))
+    # uvicorn does not announce sockets it was handed, so say where it listens.
+    logging.getLogger("uvicorn.error").info("serving %s at %s/v1", app.title, _url(host, real_port))
+    server.run(sockets=[sock])

@@ -1,0 +1,63 @@
+from branchmerge.cot.verify import verify_traces
+from branchmerge.graders import grade
+from branchmerge.records import Problem, Trace
+
+
+def test_exact_normalises_whitespace_only():
+    assert grade(" 1  2\n3 ", "1 2 3", {"type": "exact"}).passed
+    assert not grade("1 2 3 4", "1 2 3", {"type": "exact"}).passed
+    assert not grade("ABC", "abc", {"type": "exact"}).passed
+    assert grade("ABC", "abc", {"type": "exact", "case_sensitive": False}).passed
+    assert not grade("", "", {"type": "exact"}).passed  # an empty answer never passes
+
+
+def test_exact_extract_regex():
+    spec = {"type": "exact", "extract": r"answer: (\w+)"}
+    assert grade("so the answer: yes.", "yes", spec).passed
+    g = grade("no idea", "yes", spec)
+    assert not g.passed and "no match" in g.detail
+
+
+def test_numeric_whole_answer_must_be_the_number():
+    spec = {"type": "numeric"}
+    assert grade("1,234", "1234", spec).passed
+    assert grade("42.", "42", spec).passed
+    assert grade("4.2e1", "42", spec).passed
+    assert not grade("41", "42", spec).passed
+    assert not grade("42 or 43", "42", spec).passed  # containing the number is not enough
+    assert grade("0.1001", "0.1", {"type": "numeric", "abs_tol": 1e-3}).passed
+
+
+def test_unknown_grader_names_the_known_ones():
+    try:
+        grade("x", "x", {"type": "nope"})
+    except KeyError as e:
+        assert "exact" in str(e) and "numeric" in str(e)
+    else:
+        raise AssertionError("expected KeyError")
+
+
+def _trace(pid: str, sample: int, answer: str, **kw) -> Trace:
+    return Trace(problem_id=pid, teacher=kw.pop("teacher", "t1"), model="m", sample=sample, temperature=0.6, answer=answer, **kw)
+
+
+def test_verify_keeps_correct_and_counts_each_reason():
+    problems = {
+        "a": Problem(id="a", domain="add", question="1+1?", reference="2", grader={"type": "numeric"}),
+        "s": Problem(id="s", domain="sort", question="sort 2 1", reference="1 2"),
+    }
+    traces = [
+        _trace("a", 0, "2"),
+        _trace("a", 1, "3"),
+        _trace("a", 2, "", finish_reason="length"),
+        _trace("s", 0, "1 2"),
+        _trace("s", 0, "", error="HTTP 400", teacher="t2"),
+    ]
+    kept, report = verify_traces(traces, problems)
+    assert [(t.problem_id, t.sample) for t in kept] == [("a", 0), ("s", 0)]
+    assert all(t.verified for t in kept)
+    assert (report.kept, report.dropped) == (2, 3)
+    rows = {(r["teacher"], r["domain"]): r for r in report.rows()}
+    assert rows[("t1", "add")]["wrong"] == 1 and rows[("t1", "add")]["truncated"] == 1
+    assert rows[("t1", "add")]["accuracy"] == round(1 / 3, 4)
+    assert rows[("t2", "sort")]["error"] == 1

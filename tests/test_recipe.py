@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import yaml
+
+from branchmerge.errors import BranchmergeError
+from branchmerge.recipe.cache import StageCache, dir_fingerprint, fingerprint
+from branchmerge.recipe.schema import load_recipe
+
+MINIMAL = {
+    "name": "t",
+    "problems": {"domains": ["add"], "train_per_domain": 4, "eval_per_domain": 2},
+    "teachers": [{"name": "tt", "checkpoint": "tinylab:teacher"}],
+    "train": {"student": "tinylab:student"},
+}
+
+
+def _write(tmp_path, data, name="r.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_shipped_demo_recipe_validates():
+    from branchmerge.cli.recipes import demo_recipe_path
+
+    r = load_recipe(demo_recipe_path())
+    assert r.problems.domains == ["add", "sort", "compare"]
+    assert {"slerp-add-sort", "ties", "fusion-all"} <= set(r.merges)
+
+
+def test_unknown_key_and_bad_values_are_all_reported_with_file_and_field(tmp_path):
+    data = json.loads(json.dumps(MINIMAL))
+    data["train"]["settings"] = {"max_stepz": 3, "method": "qlora"}
+    data["problems"]["domains"] = ["add", "poetry"]
+    p = _write(tmp_path, data)
+    with pytest.raises(BranchmergeError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert f"{p}: train.settings.max_stepz: unknown key" in msg
+    assert "train.settings.method" in msg
+    assert "problems.domains" in msg and "poetry" in msg
+
+
+def test_teacher_needs_exactly_one_source(tmp_path):
+    data = json.loads(json.dumps(MINIMAL))
+    data["teachers"] = [{"name": "x"}]
+    with pytest.raises(BranchmergeError, match="teachers.0"):
+        load_recipe(_write(tmp_path, data))
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(BranchmergeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(BranchmergeError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_recipe(bad)
+
+
+def test_overrides(tmp_path):
+    r = load_recipe(_write(tmp_path, MINIMAL), ["train.settings.max_steps=7", "eval.n=3"])
+    assert r.train.settings.max_steps == 7 and r.eval.n == 3
+    with pytest.raises(BranchmergeError, match="KEY=VALUE"):
+        load_recipe(_write(tmp_path, MINIMAL), ["train.settings.max_steps"])
+
+
+def test_stage_cache_reuses_finished_and_retries_interrupted(tmp_path):
+    cache = StageCache(tmp_path)
+    calls = []
+
+    def work(w):
+        calls.append(w)
+        (w / "out.txt").write_text("x")
+        return {"n": 1}
+
+    a = cache.run("s", "k1", work)
+    b = cache.run("s", "k1", work)
+    assert not a.reused and b.reused and len(calls) == 1 and b.summary == {"n": 1}
+    assert (a.path / "out.txt").read_text() == "x"
+
+    def crash(w):
+        (w / "partial.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        cache.run("s", "k2", crash)
+    assert not (tmp_path / "stages" / "s-k2").exists()  # never looks finished
+
+    def resume(w):
+        assert (w / "partial.txt").read_text() == "half"  # a resumable stage sees its own partial work
+        return {}
+
+    assert not cache.run("s", "k2", resume).reused
+
+
+def test_fingerprints(tmp_path):
+    assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+    (tmp_path / "config.json").write_text("{}")
+    f1 = dir_fingerprint(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"1")
+    assert dir_fingerprint(tmp_path) != f1
