@@ -161,7 +161,7 @@ def test_exhausted_retries_are_recorded_and_count_as_done(tmp_path: Path) -> Non
         again = run(cfg, out, problems=PROBLEMS[:1], temperatures=(0.6,), n=1)
     assert len(calls) == 3 and summary.retries == 2
     (trace,) = read_jsonl(out, Trace)
-    assert trace.error == "gave up after 3 attempts; last: HTTP 503: down"
+    assert trace.error == "gave up after 3 attempt(s); last: HTTP 503: down"
     assert again.skipped == 1 and again.requests == 0
 
 

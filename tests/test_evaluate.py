@@ -8,8 +8,16 @@ from branchmerge.records import EvalSample, Problem, read_jsonl
 
 
 def _s(model: str, item: str, passed: bool, domain: str = "add", sample: int = 0) -> EvalSample:
-    return EvalSample(model=model, benchmark="b", item_id=item, domain=domain, sample=sample, output="x",
-                      output_tokens=1, passed=passed)
+    return EvalSample(
+        model=model,
+        benchmark="b",
+        item_id=item,
+        domain=domain,
+        sample=sample,
+        output="x",
+        output_tokens=1,
+        passed=passed,
+    )
 
 
 def test_wilson_interval_matches_hand_computation():
@@ -41,11 +49,19 @@ def test_paired_test_monte_carlo_for_many_items():
 
 
 def test_accuracy_table_and_report(tmp_path):
-    samples = [_s("base", "1", False), _s("base", "2", True), _s("exp", "1", True), _s("exp", "2", True),
-               _s("exp", "3", False, domain="sort"), _s("base", "3", False, domain="sort")]
+    samples = [
+        _s("base", "1", False),
+        _s("base", "2", True),
+        _s("exp", "1", True),
+        _s("exp", "2", True),
+        _s("exp", "3", False, domain="sort"),
+        _s("base", "3", False, domain="sort"),
+    ]
     t = accuracy_table(samples)
     assert t["base"]["add"] == (0.5, 2) and t["exp"]["add"] == (1.0, 2) and t["exp"]["all"] == (2 / 3, 3)
-    path = render_report(samples, tmp_path, baseline="base", stage_times=[("merge", "ran", 1.5)], notes=["hello"])
+    path = render_report(
+        samples, tmp_path, baseline="base", stage_times=[("merge", "ran", 1.5)], notes=["hello"]
+    )
     text = path.read_text()
     assert "| exp | 100.0 | 0.0 | 66.7 |" in text
     assert "| merge | ran | 1.5 |" in text and "- hello" in text
@@ -54,8 +70,16 @@ def test_accuracy_table_and_report(tmp_path):
 
 
 def test_evaluate_model_grades_and_resumes(tiny_model_dir, tmp_path):
-    problems = [Problem(id=f"p{i}", domain="add", question=f"What is {i}+1?", reference=str(i + 1),
-                        grader={"type": "numeric"}) for i in range(3)]
+    problems = [
+        Problem(
+            id=f"p{i}",
+            domain="add",
+            question=f"What is {i}+1?",
+            reference=str(i + 1),
+            grader={"type": "numeric"},
+        )
+        for i in range(3)
+    ]
     out = tmp_path / "s.jsonl"
     first = evaluate_model(tiny_model_dir, problems[:2], out, n=2, max_tokens=8, show_progress=False)
     assert len(first) == 4 and all(not s.passed for s in first)  # a random model does not add

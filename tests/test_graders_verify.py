@@ -38,7 +38,15 @@ def test_unknown_grader_names_the_known_ones():
 
 
 def _trace(pid: str, sample: int, answer: str, **kw) -> Trace:
-    return Trace(problem_id=pid, teacher=kw.pop("teacher", "t1"), model="m", sample=sample, temperature=0.6, answer=answer, **kw)
+    return Trace(
+        problem_id=pid,
+        teacher=kw.pop("teacher", "t1"),
+        model="m",
+        sample=sample,
+        temperature=0.6,
+        answer=answer,
+        **kw,
+    )
 
 
 def test_verify_keeps_correct_and_counts_each_reason():

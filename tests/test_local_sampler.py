@@ -11,7 +11,12 @@ def test_greedy_with_cache_and_left_padding_equals_plain_greedy(tiny_model_dir):
     """Batched, left-padded, KV-cached decoding must give exactly the tokens of step-by-step full forwards."""
     lm = LocalModel(tiny_model_dir)
     short = [{"role": "user", "content": "hi"}]
-    outs = lm.complete([(MSG, SamplingParams(temperature=0, max_tokens=12)), (short, SamplingParams(temperature=0, max_tokens=12))])
+    outs = lm.complete(
+        [
+            (MSG, SamplingParams(temperature=0, max_tokens=12)),
+            (short, SamplingParams(temperature=0, max_tokens=12)),
+        ]
+    )
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     for messages, got in zip([MSG, short], outs):
         ids = lm.prompt_ids(messages)
@@ -26,7 +31,10 @@ def test_greedy_with_cache_and_left_padding_equals_plain_greedy(tiny_model_dir):
 
 def test_seeds_make_sampling_reproducible_per_row(tiny_model_dir):
     lm = LocalModel(tiny_model_dir)
-    p1, p2 = SamplingParams(temperature=1.0, max_tokens=16, seed=1), SamplingParams(temperature=1.0, max_tokens=16, seed=2)
+    p1, p2 = (
+        SamplingParams(temperature=1.0, max_tokens=16, seed=1),
+        SamplingParams(temperature=1.0, max_tokens=16, seed=2),
+    )
     a = lm.complete([(MSG, p1), (MSG, p2)])
     b = lm.complete([(MSG, p2), (MSG, p1), (MSG, p1)])  # other batch mates and order
     assert a[0].text == b[1].text == b[2].text

@@ -60,7 +60,12 @@ def ref_slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def slerp_cfg(base: Path, other: Path, t: object) -> dict:
-    return {"merge_method": "slerp", "base_model": str(base), "models": [{"model": str(other)}], "parameters": {"t": t}}
+    return {
+        "merge_method": "slerp",
+        "base_model": str(base),
+        "models": [{"model": str(other)}],
+        "parameters": {"t": t},
+    }
 
 
 # ---- slerp -------------------------------------------------------------------------------------------------
@@ -150,7 +155,9 @@ def test_ties_one_model_density_one_is_task_arithmetic(tmp_path, pair):
         torch.testing.assert_close(got[k], sb[k] + 0.7 * (sm[k] - sb[k]), atol=1e-6, rtol=1e-6)
 
 
-def ref_ties(base: torch.Tensor, others: list[torch.Tensor], w: list[float], dens: list[float]) -> torch.Tensor:
+def ref_ties(
+    base: torch.Tensor, others: list[torch.Tensor], w: list[float], dens: list[float]
+) -> torch.Tensor:
     """Yadav et al. Algorithm 1 with mergekit's weighting, written with a full argsort, in float64."""
     kept = []
     for theta, wt, d in zip(others, w, dens, strict=True):
@@ -213,3 +220,210 @@ def test_arcee_fusion_lambda_changes_selected_fraction(tmp_path, pair):
         fractions.append((got[k] != sd(left)[k]).float().mean().item())
     assert fractions[0] == pytest.approx(0.5, abs=0.01)
     assert 0 < fractions[1] < 0.2
+
+
+# ---- the output folder -----------------------------------------------------------------------------------------
+
+
+def test_output_loads_runs_and_carries_tokenizer_and_card(tmp_path, pair, tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    a, b = pair
+    out = tmp_path / "out"
+    result = run_merge(slerp_cfg(a, b, 0.3), out)  # progress bar on, as users see it
+    assert (result.method, result.n_tensors, result.n_shards, result.out_dir) == ("slerp", len(sd(a)), 1, out)
+
+    model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(model.model.embed_tokens.weight.detach(), sd(out)["model.embed_tokens.weight"])
+    ids = tokenizer("12+34=", return_tensors="pt").input_ids
+    logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tokenizer)) and torch.isfinite(logits).all()
+    assert AutoTokenizer.from_pretrained(out)("12+34=").input_ids == ids[0].tolist()
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        assert (out / name).read_bytes() == (a / name).read_bytes(), name
+    card = (out / "README.md").read_text()
+    for folder in pair:
+        assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() in card
+    assert "merge_method: slerp" in card
+    assert load_merge_config(out / "merge_config.yaml") == MergeConfig.model_validate(slerp_cfg(a, b, 0.3))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_out_dtype_bfloat16(tmp_path, pair):
+    a, b = pair
+    got = merge(tmp_path, {**slerp_cfg(a, b, 0.5), "out_dtype": "bfloat16"})
+    want = ref_slerp(
+        0.5, sd(a)["model.layers.1.mlp.up_proj.weight"], sd(b)["model.layers.1.mlp.up_proj.weight"]
+    )
+    assert all(t.dtype == torch.bfloat16 for t in got.values())
+    assert torch.equal(got["model.layers.1.mlp.up_proj.weight"], want.to(torch.bfloat16))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_sharded_output_loads_and_reads_back_as_input(tmp_path, pair):
+    from transformers import AutoModelForCausalLM
+
+    a, b = pair
+    result = run_merge(
+        slerp_cfg(a, b, 0.5), tmp_path / "sharded", show_progress=False, max_shard_bytes=60_000
+    )
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    files = sorted(p.name for p in (tmp_path / "sharded").glob("*.safetensors"))
+    assert result.n_shards == len(files) > 1 and set(index["weight_map"].values()) == set(files)
+    assert files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    _, info = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded", output_loading_info=True)
+    assert not info["missing_keys"]
+    again = merge(tmp_path, slerp_cfg(tmp_path / "sharded", b, 0), name="from_sharded")
+    assert all(torch.equal(t, sd(tmp_path / "sharded")[k]) for k, t in again.items())
+
+
+def test_tokenizer_source_folder(tmp_path, pair):
+    a, b = pair
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tok / name).write_bytes((b / name).read_bytes())
+    (tok / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    run_merge({**slerp_cfg(a, b, 0), "tokenizer_source": str(tok)}, tmp_path / "out", show_progress=False)
+    assert (tmp_path / "out" / "chat_template.jinja").read_text() == "{{ messages[0]['content'] }}"
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+
+
+def _bad_configs(a: Path, b: Path, c: Path, other_shape: Path) -> dict[str, tuple[dict, list[str]]]:
+    s = {"merge_method": "slerp", "base_model": str(a), "parameters": {"t": 0.5}}
+    one = [{"model": str(b)}]
+    return {
+        "unknown method": (
+            {**s, "merge_method": "slerpp", "models": one},
+            ["merge_method: 'slerpp' is not a merge method (known: arcee_fusion, linear, slerp, ties)"],
+        ),
+        "unknown key": (
+            {**s, "models": [{"model": str(b), "paramters": {}}]},
+            ["models[0].paramters: unknown key"],
+        ),
+        "slices": ({**s, "models": one, "slices": []}, ["slices: the 'slices' form is not supported"]),
+        "three models": (
+            {**s, "models": [{"model": str(b)}, {"model": str(c)}]},
+            ["models: slerp merges exactly 2 models, one of them the base_model; got 3"],
+        ),
+        "no base": ({**s, "base_model": None, "models": one}, ["base_model: slerp needs a base_model"]),
+        "missing folder": (
+            {**s, "models": [{"model": "/no/such/model"}]},
+            ["models[0].model: /no/such/model: model folder not found"],
+        ),
+        "shapes": (
+            {**s, "models": [{"model": str(other_shape)}]},
+            ["tensor 'model.layers.0.mlp.down_proj.weight' has shape [64, 96] in", f"but [64, 128] in {a}"],
+        ),
+        "param of another method": (
+            {**s, "models": one, "parameters": {"t": 0.5, "density": 0.5}},
+            ["parameters.density: not a parameter of slerp (known: t)"],
+        ),
+        "global param under a model": (
+            {**s, "models": [{"model": str(b), "parameters": {"t": 0.2}}]},
+            ["models[0].parameters.t: 't' is a global parameter of slerp"],
+        ),
+        "missing t": (
+            {**s, "models": one, "parameters": {}},
+            [
+                "parameters.t: slerp needs 't'; set it under the top-level 'parameters' (tensor 'model.embed_tokens.weight' and 23 more)"
+            ],
+        ),
+        "bad value": ({**s, "models": one, "parameters": {"t": "half"}}, ["parameters.t: must be a number"]),
+        "missing weight": (
+            {
+                "merge_method": "linear",
+                "models": [{"model": str(a), "parameters": {"weight": 1}}, {"model": str(b)}],
+            },
+            ["models[1].parameters.weight: linear needs 'weight' for every model"],
+        ),
+        "density range": (
+            {
+                "merge_method": "ties",
+                "base_model": str(a),
+                "models": [{"model": str(b), "parameters": {"weight": 1, "density": 1.5}}],
+            },
+            ["models[0].parameters.density: 'density' must be between 0.0 and 1.0, got 1.5"],
+        ),
+        "zero weights": (
+            {
+                "merge_method": "linear",
+                "models": [
+                    {"model": str(a), "parameters": {"weight": 1}},
+                    {"model": str(b), "parameters": {"weight": -1}},
+                ],
+            },
+            ["the weights sum to 0"],
+        ),
+        "union tokenizer": (
+            {**s, "models": one, "tokenizer_source": "union"},
+            ["tokenizer_source: 'union' is not supported"],
+        ),
+    }
+
+
+CASES = list(_bad_configs(Path("a"), Path("b"), Path("c"), Path("d")))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_config_names_the_field_and_writes_nothing(tmp_path, pair, third, make_checkpoint, case):
+    other_shape = make_checkpoint(seed=1, intermediate_size=96) if case == "shapes" else third
+    config, expected = _bad_configs(*pair, third, other_shape)[case]
+    with pytest.raises(BranchmergeError) as e:
+        run_merge(config, tmp_path / "out", show_progress=False)
+    for text in expected:
+        assert text in str(e.value)
+    assert str(e.value).startswith("merge config: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_yaml_errors_name_the_file(tmp_path, pair):
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        f"merge_method: slerp\nbase_model: {pair[0]}\nmodels:\n  - model: {pair[1]}\n    weight: 1\n"
+    )
+    with pytest.raises(BranchmergeError, match=r"merge\.yaml: models\[0\]\.weight: unknown key"):
+        run_merge(path, tmp_path / "out", show_progress=False)
+    path.write_text("merge_method: [unclosed\n")
+    with pytest.raises(BranchmergeError, match=r"merge\.yaml: not valid YAML"):
+        load_merge_config(path)
+    with pytest.raises(BranchmergeError, match="merge config not found"):
+        load_merge_config(tmp_path / "nope.yaml")
+    path.write_text(
+        f"merge_method: slerp\nbase_model: {pair[0]}\nmodels: [{{model: {pair[1]}}}]\nparameters: {{t: 2}}\n"
+    )
+    assert (
+        run_merge(path, tmp_path / "out", show_progress=False).n_tensors > 0
+    )  # t is not clamped, as in mergekit
+
+
+def test_failure_mid_merge_leaves_nothing(tmp_path, pair, monkeypatch):
+    def boom(thetas, p):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(METHODS, "linear", dataclasses.replace(METHODS["linear"], apply=boom))
+    cfg = {"merge_method": "linear", "models": [{"model": str(p), "parameters": {"weight": 1}} for p in pair]}
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_merge(cfg, tmp_path / "out", show_progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_inputs_or_foreign_folders(tmp_path, pair):
+    a, b = pair
+    with pytest.raises(BranchmergeError, match="overlaps the input"):
+        run_merge(slerp_cfg(a, b, 0.5), a, show_progress=False)
+    with pytest.raises(BranchmergeError, match="overlaps the input"):
+        run_merge(slerp_cfg(a, b, 0.5), a.parent, show_progress=False)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(BranchmergeError, match="not an earlier merge output"):
+        run_merge(slerp_cfg(a, b, 0.5), foreign, show_progress=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    run_merge(slerp_cfg(a, b, 0.5), tmp_path / "out", show_progress=False)
+    run_merge(slerp_cfg(a, b, 1), tmp_path / "out", show_progress=False)  # an earlier merge is replaced
+    assert torch.equal(sd(tmp_path / "out")["model.norm.weight"], sd(b)["model.norm.weight"])

@@ -71,7 +71,11 @@ def test_filter_star_and_no_match():
 
 def test_model_setting_wins_then_global_then_default():
     ties = METHODS["ties"]
-    models = [("models[0].parameters", None), ("models[1].parameters", {"weight": 0.3}), ("models[2].parameters", {})]
+    models = [
+        ("models[0].parameters", None),
+        ("models[1].parameters", {"weight": 0.3}),
+        ("models[2].parameters", {}),
+    ]
     p, problems = resolve_tensor(ties, {"weight": 0.9}, models, 0, "model.layers.0.mlp.up_proj.weight", 0.0)
     assert problems == []
     assert p.model_params[0] == {}  # the base takes no per-model parameters
@@ -87,7 +91,7 @@ def test_filter_that_misses_falls_through_and_is_reported():
     p, problems = resolve_tensor(slerp_m, rules, models, 0, "model.layers.0.mlp.up_proj.weight", 0.0)
     assert p.params["t"] == 0.5 and problems == []
     _, problems = resolve_tensor(slerp_m, rules, models, 0, "model.norm.weight", 0.0)
-    assert problems == [("parameters.t", "slerp needs 't'")]
+    assert problems == [("parameters.t", "slerp needs 't'; set it under the top-level 'parameters'")]
 
 
 # ---- slerp / linear ----------------------------------------------------------------------------------------
@@ -176,7 +180,9 @@ def _ref_fusion(theta_l: torch.Tensor, theta_r: torch.Tensor, lam: float) -> tor
     q = torch.softmax(theta_r.flatten(), 0) + 1e-8
     kl = (p * (p / q).log()).sum()
     s = kl * (theta_l - theta_r)
-    thr = torch.quantile(s.flatten(), 0.5) + lam * (torch.quantile(s.flatten(), 0.75) - torch.quantile(s.flatten(), 0.25))
+    thr = torch.quantile(s.flatten(), 0.5) + lam * (
+        torch.quantile(s.flatten(), 0.75) - torch.quantile(s.flatten(), 0.25)
+    )
     return torch.where(s > thr, theta_r, theta_l)
 
 

@@ -17,7 +17,9 @@ def test_jsonl_round_trip_and_torn_last_line(tmp_path):
 
 def test_bad_line_names_file_line_and_field(tmp_path):
     p = tmp_path / "p.jsonl"
-    p.write_text('{"id": "1", "domain": "d", "question": "q", "reference": "r"}\n{"id": "2", "domain": "d"}\n')
+    p.write_text(
+        '{"id": "1", "domain": "d", "question": "q", "reference": "r"}\n{"id": "2", "domain": "d"}\n'
+    )
     with pytest.raises(BranchmergeError, match=r"p.jsonl:2: field 'question'"):
         read_jsonl(p, Problem)
     p.write_text('{"id": "1", "domain": "d", "question": "q", "reference": "r", "bogus": 1}\n')

@@ -81,6 +81,13 @@ def test_temperature_zero_is_greedy_and_deterministic(server: str) -> None:
     assert a == b
 
 
+def test_nulls_mean_defaults_and_text_parts_are_read(server: str) -> None:
+    parts = [{"role": "user", "content": [{"type": "text", "text": "What is 12 + 30?"}]}]
+    r = chat(server, messages=parts, n=None, temperature=None, top_p=None, stream=None, max_tokens=4)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == chat(server, max_tokens=1).json()["usage"]["prompt_tokens"]
+
+
 def test_n_returns_n_choices_and_choice_j_uses_seed_plus_j(server: str) -> None:
     r = chat(server, n=3, temperature=1.0, max_tokens=12, seed=40)
     got = texts(r)
@@ -120,6 +127,7 @@ def test_concurrent_requests_share_batches(tiny_model_dir: Path) -> None:
         ({"messages": USER, "stream": True}, "stream"),
         ({"messages": USER, "stop": ["\n"]}, "stop"),
         ({"messages": USER, "max_tokens": 5000}, "max_tokens"),  # beyond the 1024-token context
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
     ],
 )
 def test_bad_parameters_answer_400_in_openai_error_shape(server: str, body: dict, param: str) -> None:

@@ -12,8 +12,16 @@ from branchmerge.train.sft_data import assistant_content
 def add_examples(tokenizer):
     problems = generate_problems("add", 48, seed=0)
     traces = [
-        Trace(problem_id=p.id, teacher="t", model="m", sample=0, temperature=0.6,
-              reasoning=p.meta["solution"], answer=p.reference, verified=True)
+        Trace(
+            problem_id=p.id,
+            teacher="t",
+            model="m",
+            sample=0,
+            temperature=0.6,
+            reasoning=p.meta["solution"],
+            answer=p.reference,
+            verified=True,
+        )
         for p in problems
     ]
     examples, report = build_sft_examples(traces, {p.id: p for p in problems}, tokenizer)
@@ -23,7 +31,16 @@ def add_examples(tokenizer):
 
 def test_build_sft_layout_counts_and_max_length(tokenizer):
     p = Problem(id="p", domain="add", question="What is 2+2?", reference="4")
-    ok = Trace(problem_id="p", teacher="t", model="m", sample=0, temperature=0.6, reasoning="2+2=4", answer="4", verified=True)
+    ok = Trace(
+        problem_id="p",
+        teacher="t",
+        model="m",
+        sample=0,
+        temperature=0.6,
+        reasoning="2+2=4",
+        answer="4",
+        verified=True,
+    )
     bad = ok.model_copy(update={"sample": 1, "verified": False})
     ex, rep = build_sft_examples([ok, bad], {"p": p}, tokenizer)
     assert rep.unverified == 1 and len(ex) == 1
@@ -37,8 +54,8 @@ def test_build_sft_layout_counts_and_max_length(tokenizer):
 def test_assistant_mask_is_exactly_the_assistant_turn(tokenizer):
     """Token by token: the loss mask TRL builds from our template covers the assistant content and <|im_end|>."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
     from transformers import Qwen3ForCausalLM
+    from trl import SFTConfig, SFTTrainer
 
     from branchmerge.tinylab.modeling import tiny_qwen3_config
 
@@ -47,9 +64,13 @@ def test_assistant_mask_is_exactly_the_assistant_turn(tokenizer):
     out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
     assert tokenizer.decode([i for i, m in zip(ids, mask) if m]) == content + "<|im_end|>"
-    assert tokenizer.decode([i for i, m in zip(ids, mask) if not m]).startswith("<|im_start|>user\nWhat is 7+5?")
+    assert tokenizer.decode([i for i, m in zip(ids, mask) if not m]).startswith(
+        "<|im_start|>user\nWhat is 7+5?"
+    )
 
-    cfg = SFTConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, assistant_only_loss=True, report_to=[])
+    cfg = SFTConfig(
+        output_dir="/tmp/unused", use_cpu=True, bf16=False, assistant_only_loss=True, report_to=[]
+    )
     trainer = SFTTrainer(
         model=Qwen3ForCausalLM(tiny_qwen3_config(tokenizer)),
         args=cfg,
@@ -67,8 +88,13 @@ def test_sft_loss_falls_and_saves_a_loadable_full_checkpoint(method, add_example
 
     out = tmp_path / "expert"
     lr = 3e-3 if method == "full" else 1e-2
-    r = train_sft(add_examples, tiny_model_dir, out, SFTSettings(method=method, max_steps=25, batch_size=8, learning_rate=lr),
-                  show_progress=False)
+    r = train_sft(
+        add_examples,
+        tiny_model_dir,
+        out,
+        SFTSettings(method=method, max_steps=25, batch_size=8, learning_rate=lr),
+        show_progress=False,
+    )
     assert r.final_loss < r.first_loss - 0.3
     assert sorted(f.name for f in tmp_path.iterdir()) == ["expert"]  # no temp folder left behind
     weights = load_file(out / "model.safetensors")

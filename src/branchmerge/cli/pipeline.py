@@ -21,7 +21,9 @@ def _problems(path: Path) -> dict[str, Problem]:
 def serve(
     model: Annotated[Path, typer.Argument(help="Local checkpoint folder (config.json + safetensors).")],
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind; 127.0.0.1 keeps it local.")
+    ] = "127.0.0.1",
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most sequences decoded together.")] = 32,
 ) -> None:
     """Serve a local checkpoint with an OpenAI-compatible API (/v1/chat/completions, /v1/models).
@@ -37,10 +39,16 @@ def serve(
 def generate(
     problems: Annotated[Path, typer.Argument(help="Problems JSONL.")],
     out: Annotated[Path, typer.Option("--out", help="Traces JSONL (appended; reruns skip done keys).")],
-    base_url: Annotated[str, typer.Option("--base-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")],
+    base_url: Annotated[
+        str, typer.Option("--base-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    ],
     model: Annotated[str, typer.Option("--model", help="Model name sent to the endpoint.")],
-    teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher name in the traces (default: model).")] = None,
-    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable with the API key.")] = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Teacher name in the traces (default: model).")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option("--api-key-env", help="Environment variable with the API key.")
+    ] = None,
     n: Annotated[int, typer.Option("--n", help="Samples per problem per temperature.")] = 1,
     temperature: Annotated[list[float] | None, typer.Option("--temperature", help="Repeatable.")] = None,
     top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
@@ -55,7 +63,11 @@ def generate(
     from branchmerge.teachers.client import TeacherConfig, generate_traces
 
     cfg = TeacherConfig(
-        name=teacher or model, base_url=base_url, model=model, api_key_env=api_key_env, max_concurrency=concurrency
+        name=teacher or model,
+        base_url=base_url,
+        model=model,
+        api_key_env=api_key_env,
+        max_concurrency=concurrency,
     )
     s = generate_traces(
         list(_problems(problems).values()),
@@ -96,7 +108,9 @@ def process(
 def build_sft(
     traces: Annotated[Path, typer.Argument(help="Verified traces JSONL.")],
     problems: Annotated[Path, typer.Option("--problems", help="Problems JSONL.")],
-    student: Annotated[Path, typer.Option("--student", help="Student checkpoint (its tokenizer counts tokens).")],
+    student: Annotated[
+        Path, typer.Option("--student", help="Student checkpoint (its tokenizer counts tokens).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="SFT examples JSONL.")],
     max_length: Annotated[int, typer.Option("--max-length", help="Drop longer examples.")] = 4096,
 ) -> None:
@@ -137,13 +151,19 @@ def train(
 
     try:
         settings = SFTSettings(
-            method=method, max_steps=max_steps, batch_size=batch_size, learning_rate=lr, max_length=max_length  # type: ignore[arg-type]
+            method=method,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            learning_rate=lr,
+            max_length=max_length,  # type: ignore[arg-type]
         )
     except ValidationError as e:
         raise BranchmergeError(f"train: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
     examples = [e for e in read_jsonl(sft, SFTExample) if not domain or e.domain in domain]
     r = train_sft(examples, base, out, settings, label=out.name)
-    console.print(f"{r.steps} steps on {r.examples} examples, loss {r.first_loss:.3f} → {r.final_loss:.3f} → {out}")
+    console.print(
+        f"{r.steps} steps on {r.examples} examples, loss {r.first_loss:.3f} → {r.final_loss:.3f} → {out}"
+    )
 
 
 @command("merge")

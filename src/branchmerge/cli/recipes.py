@@ -35,7 +35,9 @@ def _run(recipe_path: Path, out: Path, overrides: list[str], quiet: bool) -> Non
 @command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("branchmerge-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="Fewer problems and steps (about a minute).")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer problems and steps (about a minute).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run the whole loop on the shipped tiny models, end to end on a CPU.
@@ -52,7 +54,9 @@ def demo(
 @command("run")
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder (stage cache lives here).")] = Path("runs"),
+    out: Annotated[Path, typer.Option("--out", help="Output folder (stage cache lives here).")] = Path(
+        "runs"
+    ),
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a recipe field: KEY=VALUE (repeatable).")
     ] = None,

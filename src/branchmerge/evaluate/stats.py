@@ -64,5 +64,7 @@ def paired_test(
             hits += abs(s) >= target
         return observed, hits / (1 << len(nonzero))
     rng = random.Random(seed)
-    hits = sum(abs(sum(d if rng.random() < 0.5 else -d for d in nonzero)) >= target for _ in range(iterations))
+    hits = sum(
+        abs(sum(d if rng.random() < 0.5 else -d for d in nonzero)) >= target for _ in range(iterations)
+    )
     return observed, (hits + 1) / (iterations + 1)

@@ -27,5 +27,7 @@ def grade_numeric(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
     got = parse_number(answer)
     if got is None:
         return Grade(False, f"not a number: {answer.strip()[:40]!r}")
-    ok = math.isclose(got, want, rel_tol=float(spec.get("rel_tol", 0.0)), abs_tol=float(spec.get("abs_tol", 0.0)))
+    ok = math.isclose(
+        got, want, rel_tol=float(spec.get("rel_tol", 0.0)), abs_tol=float(spec.get("abs_tol", 0.0))
+    )
     return Grade(ok, "" if ok else f"got {got:g}, want {want:g}")

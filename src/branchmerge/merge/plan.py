@@ -104,7 +104,9 @@ def _inputs(cfg: MergeConfig, method: MergeMethod) -> tuple[list[tuple[str, Path
                 base = len(inputs) - 1
     n = len(inputs)
     names = ", ".join(str(p) for _, p in inputs)
-    if method.n_inputs is not None and n != method.n_inputs:
+    if method.needs_base and cfg.base_model is None:
+        pass  # already reported; counting inputs without the base would only add noise
+    elif method.n_inputs is not None and n != method.n_inputs:
         one_base = ", one of them the base_model" if method.needs_base else ""
         problems.append(
             f"models: {method.name} merges exactly {method.n_inputs} models{one_base}; got {n} ({names})"
@@ -163,9 +165,13 @@ def _open_all(
     problems = _check_parameter_names(cfg, method) + problems
     ref_field, ref_path = inputs[base] if base is not None else inputs[0]
     if cfg.base_model is not None and base is None:  # e.g. linear: base_model only names the reference
-        ref_field, ref_path = "base_model", Path(cfg.base_model).expanduser()
+        base_path = Path(cfg.base_model).expanduser()
+        listed = [x for x in inputs if x[1].resolve() == base_path.resolve()]
+        ref_field, ref_path = listed[0] if listed else ("base_model", base_path)
     tokenizer_dir, tok_problems = _tokenizer_dir(cfg, ref_path)
-    folders = dict.fromkeys([*inputs, (ref_field, ref_path)])
+    folders = dict.fromkeys(
+        [(ref_field, ref_path), *inputs]
+    )  # the reference first: others are compared to it
     problems += [f"{field}: {path}: {why}" for field, path in folders if (why := folder_problem(path))]
     _fail(source, problems + tok_problems)
     opened = {path: Checkpoint.open(path) for _, path in folders}

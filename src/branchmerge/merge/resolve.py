@@ -73,7 +73,13 @@ def resolve_tensor(
     top = ("parameters", global_settings)
     params = {
         name: _value(
-            name, spec, tensor, tau, [top], (f"parameters.{name}", f"{method.name} needs '{name}'"), problems
+            name,
+            spec,
+            tensor,
+            tau,
+            [top],
+            (f"parameters.{name}", f"{method.name} needs '{name}'; set it under the top-level 'parameters'"),
+            problems,
         )
         for name, spec in method.params.items()
     }
@@ -103,5 +109,5 @@ def resolve_tensor(
     if not problems and method.check is not None:
         why = method.check(p)
         if why:
-            problems.append(("parameters", why))
+            problems.append(("models", why))
     return p, problems

@@ -68,7 +68,9 @@ class StageCache:
         summary = fn(work)
         seconds = time.perf_counter() - start
         (work / "stage.json").write_text(
-            json.dumps({"name": name, "key": key, "seconds": seconds, "summary": summary}, indent=2, default=str)
+            json.dumps(
+                {"name": name, "key": key, "seconds": seconds, "summary": summary}, indent=2, default=str
+            )
         )
         if final.exists():  # a folder without stage.json: left by an older, broken run
             shutil.rmtree(final)

@@ -13,10 +13,10 @@ from rich.table import Table
 from branchmerge.errors import BranchmergeError
 from branchmerge.evaluate.report import render_report
 from branchmerge.evaluate.stats import accuracy_table
-from branchmerge.records import EvalSample, Problem, read_jsonl
 from branchmerge.recipe import stages
 from branchmerge.recipe.cache import StageCache, StageOutcome, dir_fingerprint, fingerprint
 from branchmerge.recipe.schema import Recipe
+from branchmerge.records import EvalSample, Problem, read_jsonl
 from branchmerge.teachers.local import check_model_dir
 
 STUDENT = "student"
@@ -33,7 +33,9 @@ def resolve_checkpoint(ref: str, base_dir: Path, field_name: str) -> Path:
             return weights.teacher_dir()
         if which == "student":
             return weights.student_dir()
-        raise BranchmergeError(f"{field_name}: '{ref}' is not a shipped model (known: tinylab:teacher, tinylab:student)")
+        raise BranchmergeError(
+            f"{field_name}: '{ref}' is not a shipped model (known: tinylab:teacher, tinylab:student)"
+        )
     path = Path(ref).expanduser()
     path = path if path.is_absolute() else base_dir / path
     try:
@@ -50,7 +52,10 @@ def _model_refs(config: dict[str, Any]) -> list[tuple[str, str]]:
     for i, m in enumerate(config.get("models", []) or []):
         name = m.get("model") if isinstance(m, dict) else m
         refs.append((f"models[{i}].model", str(name)))
-    if isinstance(config.get("tokenizer_source"), str) and config["tokenizer_source"] not in ("base", "union"):
+    if isinstance(config.get("tokenizer_source"), str) and config["tokenizer_source"] not in (
+        "base",
+        "union",
+    ):
         refs.append(("tokenizer_source", config["tokenizer_source"]))
     return refs
 
@@ -71,7 +76,9 @@ def preflight(recipe: Recipe, base_dir: Path) -> dict[str, Path]:
     for i, t in enumerate(recipe.teachers):
         if t.checkpoint is not None:
             try:
-                paths[f"teacher:{t.name}"] = resolve_checkpoint(t.checkpoint, base_dir, f"teachers[{i}].checkpoint")
+                paths[f"teacher:{t.name}"] = resolve_checkpoint(
+                    t.checkpoint, base_dir, f"teachers[{i}].checkpoint"
+                )
             except BranchmergeError as e:
                 errors.append(str(e))
     try:
@@ -85,7 +92,9 @@ def preflight(recipe: Recipe, base_dir: Path) -> dict[str, Path]:
             errors.append(f"{where}: the name '{name}' is already a model name; pick another")
         method = cfg.get("merge_method")
         if method not in METHODS:
-            errors.append(f"{where}.merge_method: '{method}' is not a merge method (known: {', '.join(METHODS)})")
+            errors.append(
+                f"{where}.merge_method: '{method}' is not a merge method (known: {', '.join(METHODS)})"
+            )
         for field_name, ref in _model_refs(cfg):
             if ref not in known:
                 errors.append(
@@ -110,7 +119,19 @@ class RunResult:
 
 def _describe(o: StageOutcome) -> str:
     s = o.summary
-    keys = ("train", "eval", "traces", "errors", "kept", "dropped", "examples", "too_long", "steps", "final_loss", "tensors")
+    keys = (
+        "train",
+        "eval",
+        "traces",
+        "errors",
+        "kept",
+        "dropped",
+        "examples",
+        "too_long",
+        "steps",
+        "final_loss",
+        "tensors",
+    )
     parts = [f"{k}={s[k]}" for k in keys if k in s]
     if "accuracy" in s:
         parts.append(f"accuracy={100 * s['accuracy'].get('all', 0):.1f}%")
@@ -151,11 +172,15 @@ def run_recipe(
     for t in recipe.teachers:
         ckpt = paths.get(f"teacher:{t.name}")
         who = dir_fingerprint(ckpt) if ckpt else (t.base_url, t.model)
-        g_key = fingerprint("generate", p_key, t.model_dump(exclude={"max_concurrency"}), who, recipe.generate.model_dump())
+        g_key = fingerprint(
+            "generate", p_key, t.model_dump(exclude={"max_concurrency"}), who, recipe.generate.model_dump()
+        )
         go = stage(
             f"generate[{t.name}]",
             g_key,
-            lambda w, t=t, ckpt=ckpt: stages.generate_stage(train_problems, t, recipe.generate, ckpt, w, show_progress),
+            lambda w, t=t, ckpt=ckpt: stages.generate_stage(
+                train_problems, t, recipe.generate, ckpt, w, show_progress
+            ),
         )
         trace_files.append(go.path / "traces.jsonl")
         g_keys.append(g_key)
@@ -168,7 +193,9 @@ def run_recipe(
     so = stage(
         "build-sft",
         s_key,
-        lambda w: stages.build_sft_stage(train_problems, vo.path / "verified.jsonl", student, recipe.build_sft, w),
+        lambda w: stages.build_sft_stage(
+            train_problems, vo.path / "verified.jsonl", student, recipe.build_sft, w
+        ),
     )
 
     # experts and the data-mixture baseline, all from the same student with the same settings
@@ -191,7 +218,9 @@ def run_recipe(
         o = stage(
             f"train[{MIXTURE}]",
             key,
-            lambda w: stages.train_stage(so.path / "sft.jsonl", student, mix, None, MIXTURE, w, show_progress),
+            lambda w: stages.train_stage(
+                so.path / "sft.jsonl", student, mix, None, MIXTURE, w, show_progress
+            ),
         )
         models[MIXTURE] = (o.path / "model", key)
 
@@ -200,7 +229,9 @@ def run_recipe(
         resolved = _resolve_merge(cfg, models)
         keyed = _resolve_merge(cfg, {k: (Path(v[1]), v[1]) for k, v in models.items()})
         key = fingerprint("merge", keyed)
-        o = stage(f"merge[{name}]", key, lambda w, resolved=resolved: stages.merge_stage(resolved, w, show_progress))
+        o = stage(
+            f"merge[{name}]", key, lambda w, resolved=resolved: stages.merge_stage(resolved, w, show_progress)
+        )
         models[name] = (o.path / "model", key)
 
     # evaluation of every model on the held-out items, then the report
@@ -211,7 +242,9 @@ def run_recipe(
         o = stage(
             f"eval[{name}]",
             key,
-            lambda w, mdir=mdir, name=name: stages.eval_stage(mdir, name, eval_problems, e_spec, w, show_progress),
+            lambda w, mdir=mdir, name=name: stages.eval_stage(
+                mdir, name, eval_problems, e_spec, w, show_progress
+            ),
         )
         samples += read_jsonl(o.path / "samples.jsonl", EvalSample)
 
@@ -240,7 +273,9 @@ def _resolve_merge(cfg: dict[str, Any], models: dict[str, tuple[Path, str]]) -> 
     return c
 
 
-def _notes(recipe: Recipe, acc: dict[str, dict[str, tuple[float, int]]], outcomes: list[StageOutcome]) -> list[str]:
+def _notes(
+    recipe: Recipe, acc: dict[str, dict[str, tuple[float, int]]], outcomes: list[StageOutcome]
+) -> list[str]:
     notes = []
     base = acc.get(STUDENT, {})
     for d in recipe.problems.domains:
@@ -248,11 +283,15 @@ def _notes(recipe: Recipe, acc: dict[str, dict[str, tuple[float, int]]], outcome
         b = base.get(d)
         if e and b:
             verdict = "beats" if e[0] > b[0] else "does NOT beat"
-            notes.append(f"expert-{d} {verdict} the student base on {d}: {100 * e[0]:.1f}% vs {100 * b[0]:.1f}%")
+            notes.append(
+                f"expert-{d} {verdict} the student base on {d}: {100 * e[0]:.1f}% vs {100 * b[0]:.1f}%"
+            )
     for o in outcomes:
         if o.name == "verify":
             s = o.summary
-            notes.append(f"verification kept {s['kept']} of {s['traces']} teacher traces ({s['dropped']} dropped)")
+            notes.append(
+                f"verification kept {s['kept']} of {s['traces']} teacher traces ({s['dropped']} dropped)"
+            )
     reused = [o.name for o in outcomes if o.reused]
     if reused:
         notes.append("reused from an earlier run: " + ", ".join(reused))

@@ -80,7 +80,9 @@ class TrainSpec(_Spec):
     student: str
     experts: str = "domain"
     mixture: bool = True
-    mixture_budget: str = "sum"  # "sum": the mixture gets the experts' total steps; "same": one expert's steps
+    mixture_budget: str = (
+        "sum"  # "sum": the mixture gets the experts' total steps; "same": one expert's steps
+    )
     settings: SFTSettings = SFTSettings()
 
     @field_validator("experts")
@@ -134,11 +136,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {} if p not in node else node[p]
-                if not isinstance(node[p], dict):
-                    raise BranchmergeError(f"{source}: override '{key}': '{p}' is not a section")
-            node = node[p]
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise BranchmergeError(f"{source}: override '{key}': '{p}' is not a section")
         node[parts[-1]] = yaml.safe_load(raw)
     return data
 

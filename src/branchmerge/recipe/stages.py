@@ -9,8 +9,8 @@ from typing import Any
 from branchmerge.cot.verify import verify_traces
 from branchmerge.evaluate.runner import evaluate_model
 from branchmerge.evaluate.stats import accuracy_table
-from branchmerge.records import Problem, SFTExample, Trace, read_jsonl, write_jsonl
 from branchmerge.recipe.schema import BuildSFTSpec, EvalSpec, GenerateSpec, ProblemsSpec, TeacherSpec
+from branchmerge.records import Problem, SFTExample, Trace, read_jsonl, write_jsonl
 from branchmerge.train.sft import SFTSettings, train_sft
 from branchmerge.train.sft_data import build_sft_examples
 
@@ -24,7 +24,9 @@ def problems_stage(spec: ProblemsSpec, work: Path) -> dict[str, Any]:
     for d in spec.domains:
         ev = generate_problems(d, spec.eval_per_domain, spec.eval_seed, levels)
         evals += ev
-        trains += generate_problems(d, spec.train_per_domain, spec.train_seed, levels, {p.question for p in ev})
+        trains += generate_problems(
+            d, spec.train_per_domain, spec.train_seed, levels, {p.question for p in ev}
+        )
     write_jsonl(work / "train.jsonl", trains)
     write_jsonl(work / "eval.jsonl", evals)
     return {"train": len(trains), "eval": len(evals), "domains": spec.domains}
@@ -99,7 +101,12 @@ def build_sft_stage(
     per_domain: dict[str, int] = {}
     for e in examples:
         per_domain[e.domain] = per_domain.get(e.domain, 0) + 1
-    return {"examples": report.examples, "too_long": report.too_long, "tokens": report.tokens, "per_domain": per_domain}
+    return {
+        "examples": report.examples,
+        "too_long": report.too_long,
+        "tokens": report.tokens,
+        "per_domain": per_domain,
+    }
 
 
 def train_stage(

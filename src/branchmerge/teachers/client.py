@@ -246,7 +246,7 @@ async def _post(
             return await _post_once(client, url, body), time.perf_counter() - t0
         except _Transient as e:
             if attempt == teacher.max_retries:
-                raise _Failed(f"gave up after {attempt + 1} attempts; last: {e}") from None
+                raise _Failed(f"gave up after {attempt + 1} attempt(s); last: {e}") from None
             # Full jitter keeps many clients from retrying in lockstep against one recovering server.
             delay = (
                 e.retry_after

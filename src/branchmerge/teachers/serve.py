@@ -31,7 +31,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.teachers.local import Completion, LocalModel, SamplingParams, check_model_dir
@@ -189,6 +189,15 @@ def _settle(
 # --------------------------------------------------------------------------------------------- API schema
 
 
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+
+
 class _TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
@@ -201,8 +210,11 @@ class ChatMessage(BaseModel):
     content: str | list[_TextPart] | None = None
 
     def as_dict(self) -> dict[str, str]:
-        if isinstance(self.content, list):  # OpenAI content parts: only text is meaningful here
-            return {"role": self.role, "content": "".join(p.text for p in self.content if p.type == "text")}
+        if isinstance(self.content, list):  # OpenAI content parts; a text model can read only text
+            kinds = sorted({p.type for p in self.content} - {"text"})
+            if kinds:
+                raise ApiError(400, f"only text content parts are supported (got {kinds})", "messages")
+            return {"role": self.role, "content": "".join(p.text for p in self.content)}
         return {"role": self.role, "content": self.content or ""}
 
 
@@ -221,17 +233,14 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     stream: bool = False
 
+    @field_validator("n", "temperature", "top_p", "stream", mode="before")
+    @classmethod
+    def _null_means_default(cls, v: Any, info: ValidationInfo) -> Any:
+        # Some SDKs send explicit nulls for fields the caller left out.
+        return cls.model_fields[info.field_name or ""].default if v is None else v
+
 
 _UNSUPPORTED = ("stop", "logprobs", "top_logprobs", "tools", "response_format", "logit_bias")
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
-        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
 
 
 def _error_response(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:

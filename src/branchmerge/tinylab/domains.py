@@ -88,7 +88,9 @@ def _rng(domain: str, seed: int, index: int) -> random.Random:
     return random.Random(int.from_bytes(h[:8], "big"))
 
 
-def make_item(domain: str, seed: int, index: int, levels: tuple[int, ...] = tuple(range(1, MAX_LEVEL + 1))) -> Item:
+def make_item(
+    domain: str, seed: int, index: int, levels: tuple[int, ...] = tuple(range(1, MAX_LEVEL + 1))
+) -> Item:
     """The `index`-th item of `domain` for `seed`; its level cycles through `levels`."""
     if domain not in DOMAINS:
         raise KeyError(f"unknown tinylab domain '{domain}' (known: {', '.join(DOMAINS)})")

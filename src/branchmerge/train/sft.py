@@ -157,7 +157,7 @@ def train_sft(
         )
         trainer.remove_callback(PrinterCallback)  # our bar shows the loss; no raw log dicts on stdout
         trainer.train()
-        trained = trainer.model
+        trained: Any = trainer.model
         if s.method == "lora":
             trained = trained.merge_and_unload()
         trained.save_pretrained(tmp, safe_serialization=True)

@@ -45,8 +45,8 @@ def build_sft_examples(
             {"role": "user", "content": problem.question},
             {"role": "assistant", "content": assistant_content(t.reasoning, t.answer)},
         ]
-        ids = tokenizer.apply_chat_template(messages, tokenize=True)
-        n = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        text = str(tokenizer.apply_chat_template(messages, tokenize=False))
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n > max_length:
             report.too_long += 1
             continue

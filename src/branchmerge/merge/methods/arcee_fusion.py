@@ -60,7 +60,8 @@ def arcee_fusion(theta_l: torch.Tensor, theta_r: torch.Tensor, lambda_: float = 
     s = kl * (theta_l - theta_r)  # (3)
     q1, median, q3 = (exact_quantile(s, v) for v in (0.25, 0.5, 0.75))
     s_thr = median + lambda_ * (q3 - q1)  # (4)
-    return theta_l + (theta_r - theta_l) * (s > s_thr)  # (5)
+    # (5) as a selection: theta_L + (theta_R - theta_L) * 1 would round, the right weight itself does not.
+    return torch.where(s > s_thr, theta_r, theta_l)
 
 
 def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor:

@@ -38,7 +38,7 @@ def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor:
 def _check(p: TensorParams) -> str | None:
     w = [float(mp["weight"]) for mp in p.model_params]
     if p.params["normalize"] and sum(w) == 0:
-        return "the weights sum to 0, so normalize would divide by 0"
+        return "the weights sum to 0, so normalize would divide by 0; change them or set normalize: false"
     return None
 
 
