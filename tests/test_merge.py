@@ -247,7 +247,8 @@ def test_output_loads_runs_and_carries_tokenizer_and_card(tmp_path, pair, tokeni
     for folder in pair:
         assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() in card
     assert "merge_method: slerp" in card
-    assert load_merge_config(out / "merge_config.yaml") == MergeConfig.model_validate(slerp_cfg(a, b, 0.3))
+    written = load_merge_config(out / "merge_config.yaml")
+    assert written.model_dump() == MergeConfig.model_validate(slerp_cfg(a, b, 0.3)).model_dump()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
@@ -359,6 +360,10 @@ def _bad_configs(a: Path, b: Path, c: Path, other_shape: Path) -> dict[str, tupl
             },
             ["the weights sum to 0"],
         ),
+        "ties without a model": (
+            {"merge_method": "ties", "base_model": str(a), "models": [{"model": str(a)}]},
+            ["models: ties needs at least one model besides the base_model"],
+        ),
         "union tokenizer": (
             {**s, "models": one, "tokenizer_source": "union"},
             ["tokenizer_source: 'union' is not supported"],
@@ -388,6 +393,9 @@ def test_yaml_errors_name_the_file(tmp_path, pair):
     )
     with pytest.raises(BranchmergeError, match=r"merge\.yaml: models\[0\]\.weight: unknown key"):
         run_merge(path, tmp_path / "out", show_progress=False)
+    path.write_text(f"merge_method: slerp\nbase_model: {pair[0]}\nmodels: [{{model: {pair[1]}}}]\n")
+    with pytest.raises(BranchmergeError, match=r"merge\.yaml: parameters\.t: slerp needs 't'"):
+        run_merge(load_merge_config(path), tmp_path / "out", show_progress=False)  # as the CLI calls it
     path.write_text("merge_method: [unclosed\n")
     with pytest.raises(BranchmergeError, match=r"merge\.yaml: not valid YAML"):
         load_merge_config(path)

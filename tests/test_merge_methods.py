@@ -175,11 +175,11 @@ def test_exact_quantile_equals_torch_quantile(n):
         torch.testing.assert_close(exact_quantile(x, q), torch.quantile(x, q))
 
 
-def _ref_fusion(theta_l: torch.Tensor, theta_r: torch.Tensor, lam: float) -> torch.Tensor:
+def _ref_fusion(theta_l: torch.Tensor, theta_r: torch.Tensor, lam: float, magnitude: bool = False) -> torch.Tensor:
     p = torch.softmax(theta_l.flatten(), 0) + 1e-8
     q = torch.softmax(theta_r.flatten(), 0) + 1e-8
     kl = (p * (p / q).log()).sum()
-    s = kl * (theta_l - theta_r)
+    s = kl * ((theta_l - theta_r).abs() if magnitude else (theta_l - theta_r))
     thr = torch.quantile(s.flatten(), 0.5) + lam * (
         torch.quantile(s.flatten(), 0.75) - torch.quantile(s.flatten(), 0.25)
     )
@@ -200,6 +200,19 @@ def test_arcee_fusion_matches_reference_and_lambda_controls_fraction():
     assert fractions[0] == pytest.approx(0.5, abs=0.01)  # lambda = 0: above the median
     assert fractions[0] > fractions[1] > fractions[2] > 0
     assert torch.equal(arcee_fusion(theta_l, theta_r), arcee_fusion(theta_l, theta_r))
+
+
+def test_arcee_fusion_magnitude_takes_moves_in_both_directions():
+    g = torch.Generator().manual_seed(6)
+    theta_l = torch.randn(64, 48, generator=g)
+    theta_r = theta_l + 0.1 * torch.randn(64, 48, generator=g)
+    signed = arcee_fusion(theta_l, theta_r, 1.0)
+    both = arcee_fusion(theta_l, theta_r, 1.0, magnitude=True)
+    torch.testing.assert_close(both, _ref_fusion(theta_l, theta_r, 1.0, magnitude=True))
+    up = lambda m: ((m != theta_l) & (theta_r > theta_l)).sum().item()  # noqa: E731
+    down = lambda m: ((m != theta_l) & (theta_r < theta_l)).sum().item()  # noqa: E731
+    assert up(signed) == 0 and down(signed) > 0  # eq. (3) as printed: only downward moves are taken
+    assert up(both) > 0 and down(both) > 0
 
 
 def test_arcee_fusion_identical_inputs_keep_left():

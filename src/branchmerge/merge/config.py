@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from branchmerge.errors import BranchmergeError
 
@@ -93,6 +93,13 @@ class MergeConfig(BaseModel):
     out_dtype: DTypeName | None = None
     tokenizer_source: str | None = None
 
+    # Where the config came from (its YAML file), so later errors can name the file. Not part of the config.
+    _source: str = PrivateAttr(default="merge config")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
     def to_yaml(self) -> str:
         """The config as YAML that `load_merge_config` reads back to an equal config."""
         data = self.model_dump(mode="json", exclude_none=True)
@@ -119,7 +126,10 @@ def _message(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         if len(loc) == 1 and loc[0] in _UNSUPPORTED_KEYS:
             return _UNSUPPORTED_KEYS[str(loc[0])]
-        return "unknown key"
+        known = (
+            MergeConfig.model_fields if len(loc) == 1 else InputModel.model_fields if len(loc) == 3 else {}
+        )
+        return f"unknown key (known: {', '.join(known)})" if known else "unknown key"
     if err["type"] == "value_error":
         return str(err["ctx"]["error"])
     return str(err["msg"])
@@ -147,4 +157,6 @@ def load_merge_config(path: str | Path) -> MergeConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise BranchmergeError(f"{path}: not valid YAML ({e})") from None
-    return validate_merge_config(data, str(path))
+    config = validate_merge_config(data, str(path))
+    config._source = str(path)
+    return config

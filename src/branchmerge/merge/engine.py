@@ -40,11 +40,11 @@ class MergeResult:
 
 def _coerce(config: MergeConfig | dict | str | Path) -> tuple[MergeConfig, str]:
     """The config and the name errors should carry (the YAML file when there is one)."""
-    if isinstance(config, MergeConfig):
-        return config, "merge config"
     if isinstance(config, dict):
-        return validate_merge_config(config), "merge config"
-    return load_merge_config(config), str(config)
+        config = validate_merge_config(config)
+    elif not isinstance(config, MergeConfig):
+        config = load_merge_config(config)
+    return config, config.source
 
 
 def _check_out_dir(out: Path, plan: MergePlan) -> None:

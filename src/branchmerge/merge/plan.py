@@ -9,6 +9,7 @@ has a valid value for every tensor. The result is a `MergePlan` the engine only 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +59,8 @@ def _fail(source: str, problems: list[str]) -> None:
         raise BranchmergeError("\n".join(f"{source}: {p}" for p in problems))
 
 
-def _known(names: object) -> str:
-    listed = ", ".join(sorted(names))  # type: ignore[call-overload]
+def _known(names: Iterable[str]) -> str:
+    listed = ", ".join(sorted(names))
     return f"known: {listed}" if listed else "it takes none"
 
 
@@ -93,25 +94,22 @@ def _inputs(cfg: MergeConfig, method: MergeMethod) -> tuple[list[tuple[str, Path
             problems.append(f"models[{i}].model: {cfg.models[i].model} is listed twice")
     base: int | None = None
     if method.needs_base:
-        if cfg.base_model is None:
-            problems.append(f"base_model: {method.name} needs a base_model")
+        if cfg.base_model is None:  # counting inputs without the base would only add noise: stop here
+            return inputs, None, [*problems, f"base_model: {method.name} needs a base_model"]
+        base_path = Path(cfg.base_model).expanduser()
+        if base_path.resolve() in keys:
+            base = keys.index(base_path.resolve())
         else:
-            base_path = Path(cfg.base_model).expanduser()
-            if base_path.resolve() in keys:
-                base = keys.index(base_path.resolve())
-            else:
-                inputs.append(("base_model", base_path))
-                base = len(inputs) - 1
+            inputs.append(("base_model", base_path))
+            base = len(inputs) - 1
     n = len(inputs)
     names = ", ".join(str(p) for _, p in inputs)
-    if method.needs_base and cfg.base_model is None:
-        pass  # already reported; counting inputs without the base would only add noise
-    elif method.n_inputs is not None and n != method.n_inputs:
+    if method.n_inputs is not None and n != method.n_inputs:
         one_base = ", one of them the base_model" if method.needs_base else ""
         problems.append(
             f"models: {method.name} merges exactly {method.n_inputs} models{one_base}; got {n} ({names})"
         )
-    elif method.needs_base and base is not None and n < 2:
+    elif method.needs_base and n < 2:
         problems.append(f"models: {method.name} needs at least one model besides the base_model")
     return inputs, base, problems
 

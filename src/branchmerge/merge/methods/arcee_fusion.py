@@ -22,7 +22,12 @@ only upward moves, and mergekit's `arcee_fusion` uses |theta_R - theta_L| (both 
 softmax, a per-row KL(right || left), `>=`, lambda fixed at 1.5 and sampled quantiles. When KL = 0 (identical
 distributions) S is all zero and nothing is taken.
 
-YAML: global `lambda` (default 1.5, the Tukey fence); smaller values take more coordinates.
+The paper's prose ("the greater the difference, the stronger the preference for adopting the parameter from
+the new model") describes a magnitude, not a signed delta; `magnitude: true` uses S = KL |theta_L - theta_R|,
+which takes large moves in both directions. The default stays eq. (3) as printed.
+
+YAML: global `lambda` (default 1.5, the Tukey fence; smaller values take more coordinates) and `magnitude`
+(default false).
 """
 
 from __future__ import annotations
@@ -50,14 +55,17 @@ def exact_quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     return v_lo + (v_hi - v_lo) * frac
 
 
-def arcee_fusion(theta_l: torch.Tensor, theta_r: torch.Tensor, lambda_: float = 1.5) -> torch.Tensor:
-    """Eqs. (1)-(5) in fp32."""
+def arcee_fusion(
+    theta_l: torch.Tensor, theta_r: torch.Tensor, lambda_: float = 1.5, magnitude: bool = False
+) -> torch.Tensor:
+    """Eqs. (1)-(5) in fp32; `magnitude` replaces the signed delta of (3) by its absolute value."""
     theta_l, theta_r = theta_l.float(), theta_r.float()
     p = torch.softmax(theta_l.flatten(), dim=0) + SOFTMAX_EPS  # (1)
     q = torch.softmax(theta_r.flatten(), dim=0) + SOFTMAX_EPS
     kl = torch.sum(p * torch.log(p / q))  # (2)
     del p, q
-    s = kl * (theta_l - theta_r)  # (3)
+    delta = theta_l - theta_r
+    s = kl * (delta.abs() if magnitude else delta)  # (3)
     q1, median, q3 = (exact_quantile(s, v) for v in (0.25, 0.5, 0.75))
     s_thr = median + lambda_ * (q3 - q1)  # (4)
     # (5) as a selection: theta_L + (theta_R - theta_L) * 1 would round, the right weight itself does not.
@@ -66,13 +74,18 @@ def arcee_fusion(theta_l: torch.Tensor, theta_r: torch.Tensor, lambda_: float = 
 
 def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor:
     assert p.base is not None
-    return arcee_fusion(thetas[p.base], thetas[1 - p.base], float(p.params["lambda"]))
+    return arcee_fusion(
+        thetas[p.base], thetas[1 - p.base], float(p.params["lambda"]), bool(p.params["magnitude"])
+    )
 
 
 METHOD = MergeMethod(
     name="arcee_fusion",
     apply=_apply,
-    params={"lambda": ParamSpec(default=1.5, help="S_THR = median(S) + lambda * IQR(S)")},
+    params={
+        "lambda": ParamSpec(default=1.5, help="S_THR = median(S) + lambda * IQR(S)"),
+        "magnitude": ParamSpec(kind="bool", default=False, help="S = KL * |theta_L - theta_R| (the paper's prose)"),
+    },
     needs_base=True,
     n_inputs=2,
     summary="TinyR1's Arcee Fusion: take the other model's weights where the importance is an outlier",
