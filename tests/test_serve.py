@@ -5,11 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.teachers.local import Completion, SamplingParams
@@ -25,6 +27,16 @@ from branchmerge.teachers.serve import (
 from branchmerge.teachers.thinking import split_reasoning
 
 USER = [{"role": "user", "content": "What is 12 + 30?"}]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model gains nothing from intra-op threads, and on a shared 2-core machine their spin-waits make
+    each decoding step up to ~50x slower; restore the setting for other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +138,6 @@ def test_concurrent_requests_share_batches(tiny_model_dir: Path) -> None:
         ({"messages": []}, "messages"),
         ({"messages": USER, "stream": True}, "stream"),
         ({"messages": USER, "stop": ["\n"]}, "stop"),
-        ({"messages": USER, "max_tokens": 5000}, "max_tokens"),  # beyond the 1024-token context
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
     ],
 )
@@ -181,11 +192,13 @@ class FakeModel:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.params: list[SamplingParams] = []  # the settings of the last batch
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         return [1, 2, 3]
 
     def complete(self, requests: list[tuple[list[dict[str, str]], SamplingParams]]) -> list[Completion]:
+        self.params = [p for _, p in requests]
         self.entered.set()
         self.gate.wait(10)
         reasoning, content, _ = split_reasoning(self.text)
@@ -246,3 +259,18 @@ def test_batcher_splits_rows_across_batches_and_keeps_order() -> None:
             small.submit(rows)
     finally:
         small.stop()
+
+
+def test_max_tokens_stop_at_the_end_of_the_context() -> None:
+    model = FakeModel()  # its prompts are 3 tokens long
+    with running_app(build_app(model, context_length=10)) as root:
+        url = f"{root}/v1/chat/completions"
+        assert httpx.post(url, json={"messages": USER, "max_tokens": 100, "n": 2}).status_code == 200
+        assert [p.max_tokens for p in model.params] == [7, 7]
+        assert httpx.post(url, json={"messages": USER, "max_completion_tokens": 4}).status_code == 200
+        assert [p.max_tokens for p in model.params] == [4]
+        assert httpx.post(url, json={"messages": USER}).status_code == 200
+        assert [p.max_tokens for p in model.params] == [7]
+    with running_app(build_app(model, context_length=3)) as root:
+        r = httpx.post(f"{root}/v1/chat/completions", json={"messages": USER})
+    assert r.status_code == 400 and "context is 3 tokens" in r.json()["error"]["message"]

@@ -350,6 +350,39 @@ def _progress(show: bool) -> Progress:
     )
 
 
+async def _ask(
+    client: httpx.AsyncClient,
+    url: str,
+    job: _Job,
+    sampling: dict[str, Any],
+    teacher: TeacherConfig,
+    summary: GenerateSummary,
+) -> list[Trace]:
+    """One request's traces: the answers, or one error trace per sample when the request failed."""
+    body = {
+        "model": teacher.model,
+        "messages": [{"role": "user", "content": job.problem.question}],
+        "temperature": job.temperature,
+        **sampling,
+        **teacher.extra_body,
+    }
+    if job.seed is not None:
+        body["seed"] = job.seed
+    summary.requests += 1
+    try:
+        data, latency_s = await _post(client, url, body, teacher, summary)
+    except _Failed as e:
+        return _error_traces(job, teacher, str(e))
+    try:
+        traces = _traces(job, teacher, data, latency_s)
+        usage = data.get("usage") or {}
+        summary.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        summary.completion_tokens += int(usage.get("completion_tokens") or 0)
+    except (ValueError, TypeError, AttributeError, ValidationError) as e:  # a malformed choice or usage
+        return _error_traces(job, teacher, f"unexpected response shape ({type(e).__name__}: {e})"[:500])
+    return traces
+
+
 async def agenerate(
     problems: Iterable[Problem],
     teacher: TeacherConfig,
@@ -387,39 +420,15 @@ async def agenerate(
     limits = httpx.Limits(
         max_connections=teacher.max_concurrency, max_keepalive_connections=teacher.max_concurrency
     )
+    sampling = {"n": n, "top_p": top_p, "max_tokens": max_tokens}
     queue = iter(todo)  # workers pull from one iterator: at most max_concurrency requests in flight
-
-    async def run_one(client: httpx.AsyncClient, job: _Job) -> list[Trace]:
-        body = {
-            "model": teacher.model,
-            "messages": [{"role": "user", "content": job.problem.question}],
-            "n": n,
-            "temperature": job.temperature,
-            "top_p": top_p,
-            "max_tokens": max_tokens,
-            **teacher.extra_body,
-        }
-        if job.seed is not None:
-            body["seed"] = job.seed
-        summary.requests += 1
-        try:
-            data, latency_s = await _post(client, url, body, teacher, summary)
-        except _Failed as e:
-            return _error_traces(job, teacher, str(e))
-        usage = data.get("usage") or {}
-        summary.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        summary.completion_tokens += int(usage.get("completion_tokens") or 0)
-        try:
-            return _traces(job, teacher, data, latency_s)
-        except (ValueError, TypeError, AttributeError, ValidationError) as e:  # a malformed choice or usage
-            return _error_traces(job, teacher, f"unexpected response shape ({type(e).__name__}: {e})"[:500])
 
     with _progress(show_progress) as progress:
         task = progress.add_task(f"generate {teacher.name}", total=len(todo), errors=0)
 
         async def worker(client: httpx.AsyncClient) -> None:
             for job in queue:
-                traces = await run_one(client, job)
+                traces = await _ask(client, url, job, sampling, teacher, summary)
                 new = [t for t in traces if t.key not in present]  # a partly written request keeps its lines
                 append_jsonl(out, new)  # flushed now: a crash loses at most the requests in flight
                 present.update(t.key for t in new)

@@ -213,7 +213,9 @@ class ChatMessage(BaseModel):
         if isinstance(self.content, list):  # OpenAI content parts; a text model can read only text
             kinds = sorted({p.type for p in self.content} - {"text"})
             if kinds:
-                raise ApiError(400, f"only text content parts are supported (got {kinds})", "messages")
+                raise ApiError(
+                    400, f"'messages': only text content parts are supported (got {kinds})", "messages"
+                )
             return {"role": self.role, "content": "".join(p.text for p in self.content)}
         return {"role": self.role, "content": self.content or ""}
 
@@ -351,7 +353,6 @@ def _rows_for(
         prompt_tokens = len(model.prompt_ids(messages))
     except Exception as e:  # a chat template that rejects these messages (e.g. an unknown role)
         raise ApiError(400, f"messages do not fit the chat template: {e}", "messages") from None
-    # Like OpenAI, no max_tokens means "up to the end of the context".
     max_tokens = req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS
     if context_length is not None:
         room = context_length - prompt_tokens
@@ -362,15 +363,10 @@ def _rows_for(
                 f"{context_length} tokens; shorten the messages",
                 "messages",
             )
-        if req.max_completion_tokens is None and req.max_tokens is None:
-            max_tokens = room
-        elif max_tokens > room:
-            raise ApiError(
-                400,
-                f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}, but the "
-                f"model's context is {context_length} tokens; lower max_tokens",
-                "max_tokens",
-            )
+        # Generation stops at the end of the context (finish_reason "length", so the truncation is on record)
+        # rather than refusing: a teacher with a small context, like the embedded one, then works with the
+        # max_tokens defaults sized for big teachers. No max_tokens at all means "up to the end", as OpenAI does.
+        max_tokens = min(max_tokens, room)
     rows = [
         (
             messages,
