@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from branchmerge.errors import BranchmergeError
@@ -153,13 +154,11 @@ def run_recipe(
     result = RunResult(out)
 
     def stage(name: str, key: str, fn: Any) -> StageOutcome:
-        if show_progress:
-            console.print(f"[dim]… {name}[/dim]")
         o = cache.run(name, key, fn)
         result.stages.append(o)
         status = "[cyan]reused[/cyan]" if o.reused else "[green]ran[/green]   "
         secs = o.original_seconds if o.reused else o.seconds
-        console.print(f"  {status} {name:<28} {secs:7.1f} s  {_describe(o)}")
+        console.print(f"  {status} {escape(name):<28} {secs:7.1f} s  {escape(_describe(o))}")
         return o
 
     # problems → traces → verified traces → SFT set
@@ -176,7 +175,7 @@ def run_recipe(
             "generate", p_key, t.model_dump(exclude={"max_concurrency"}), who, recipe.generate.model_dump()
         )
         go = stage(
-            f"generate[{t.name}]",
+            f"generate.{t.name}",
             g_key,
             lambda w, t=t, ckpt=ckpt: stages.generate_stage(
                 train_problems, t, recipe.generate, ckpt, w, show_progress
@@ -204,7 +203,7 @@ def run_recipe(
     for d in recipe.problems.domains:
         key = fingerprint("train", s_key, student_fp, settings.model_dump(), [d])
         o = stage(
-            f"train[expert-{d}]",
+            f"train.expert-{d}",
             key,
             lambda w, d=d: stages.train_stage(
                 so.path / "sft.jsonl", student, settings, [d], f"expert-{d}", w, show_progress
@@ -216,7 +215,7 @@ def run_recipe(
         mix = settings.model_copy(update={"max_steps": settings.max_steps * factor})
         key = fingerprint("train", s_key, student_fp, mix.model_dump(), None)
         o = stage(
-            f"train[{MIXTURE}]",
+            f"train.{MIXTURE}",
             key,
             lambda w: stages.train_stage(
                 so.path / "sft.jsonl", student, mix, None, MIXTURE, w, show_progress
@@ -230,7 +229,7 @@ def run_recipe(
         keyed = _resolve_merge(cfg, {k: (Path(v[1]), v[1]) for k, v in models.items()})
         key = fingerprint("merge", keyed)
         o = stage(
-            f"merge[{name}]", key, lambda w, resolved=resolved: stages.merge_stage(resolved, w, show_progress)
+            f"merge.{name}", key, lambda w, resolved=resolved: stages.merge_stage(resolved, w, show_progress)
         )
         models[name] = (o.path / "model", key)
 
@@ -240,7 +239,7 @@ def run_recipe(
     for name, (mdir, mkey) in models.items():
         key = fingerprint("eval", p_key, mkey, name, e_spec.model_dump(exclude={"baseline"}))
         o = stage(
-            f"eval[{name}]",
+            f"eval.{name}",
             key,
             lambda w, mdir=mdir, name=name: stages.eval_stage(
                 mdir, name, eval_problems, e_spec, w, show_progress

@@ -1,0 +1,59 @@
+"""End to end: `branchmerge demo --quick` on the shipped tiny models, then the stage cache at work."""
+
+import json
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from branchmerge.cli.main import app
+from branchmerge.cli.recipes import QUICK_OVERRIDES, demo_recipe_path
+from branchmerge.recipe import load_recipe, run_recipe
+
+MODELS = ["student", "expert-add", "expert-sort", "expert-compare", "mixture",
+          "slerp-add-sort", "ties", "fusion-add-sort", "fusion-all"]
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_demo_quick_runs_every_stage_and_reports(demo_out):
+    out, output = demo_out
+    report = (out / "report.md").read_text()
+    for m in MODELS:
+        assert f"| {m} |" in report
+        assert m in output  # the results table printed at the end
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    stages = {p.name.rsplit("-", 1)[0]: json.loads((p / "stage.json").read_text()) for p in (out / "stages").iterdir()}
+    gen = stages["generate.tiny-teacher"]["summary"]
+    # 3 domains x 32 problems x 2 temperatures x n=1, all answered over HTTP by the served teacher
+    assert gen["traces"] == 3 * 32 * 2 and gen["errors"] == 0
+    verify = stages["verify"]["summary"]
+    assert verify["kept"] + verify["dropped"] == gen["traces"] and verify["kept"] > 0.8 * gen["traces"]
+    for d in ["add", "sort", "compare"]:
+        assert stages[f"train.expert-{d}"]["summary"]["final_loss"] < stages[f"train.expert-{d}"]["summary"]["first_loss"]
+
+
+def test_each_expert_beats_the_student_base_on_its_domain(demo_out):
+    out, _ = demo_out
+    acc = {}
+    for p in (out / "stages").glob("eval.*"):
+        s = json.loads((p / "stage.json").read_text())["summary"]
+        acc[p.name.rsplit("-", 1)[0].removeprefix("eval.")] = s["accuracy"]
+    for d in ["add", "sort", "compare"]:
+        assert acc[f"expert-{d}"][d] > acc["student"][d], (d, acc[f"expert-{d}"][d], acc["student"][d])
+
+
+def test_rerun_reuses_everything_and_a_merge_edit_reruns_only_that_merge(demo_out):
+    out, _ = demo_out
+    quiet = Console(quiet=True)
+    again = run_recipe(load_recipe(demo_recipe_path(), QUICK_OVERRIDES), out, show_progress=False, console=quiet)
+    assert all(o.reused for o in again.stages)
+    edited = load_recipe(demo_recipe_path(), [*QUICK_OVERRIDES, "merges.ties.parameters.normalize=false"])
+    r = run_recipe(edited, out, show_progress=False, console=quiet)
+    assert sorted(o.name for o in r.stages if not o.reused) == ["eval.ties", "merge.ties"]
