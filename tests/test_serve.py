@@ -14,10 +14,9 @@ import pytest
 import torch
 
 from branchmerge.errors import BranchmergeError
+from branchmerge.teachers.batching import Batcher, QueueFullError
 from branchmerge.teachers.local import Completion, SamplingParams
 from branchmerge.teachers.serve import (
-    Batcher,
-    QueueFullError,
     build_app,
     create_app,
     running_app,
