@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -28,16 +27,6 @@ PROBLEMS = [
     for i in range(3)
 ]
 Answer = Callable[[int, dict[str, Any]], JSONResponse]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from intra-op threads, and on a shared 2-core machine their spin-waits make
-    each decoding step up to ~50x slower; restore the setting for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,17 @@ from branchmerge.cli.main import app
 from branchmerge.cli.recipes import QUICK_OVERRIDES, demo_recipe_path
 from branchmerge.recipe import load_recipe, run_recipe
 
-MODELS = ["student", "expert-add", "expert-sort", "expert-compare", "mixture",
-          "slerp-add-sort", "ties", "fusion-add-sort", "fusion-all"]
+MODELS = [
+    "student",
+    "expert-add",
+    "expert-sort",
+    "expert-compare",
+    "mixture",
+    "slerp-add-sort",
+    "ties",
+    "fusion-add-sort",
+    "fusion-all",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +38,20 @@ def test_demo_quick_runs_every_stage_and_reports(demo_out):
         assert f"| {m} |" in report
         assert m in output  # the results table printed at the end
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    stages = {p.name.rsplit("-", 1)[0]: json.loads((p / "stage.json").read_text()) for p in (out / "stages").iterdir()}
+    stages = {
+        p.name.rsplit("-", 1)[0]: json.loads((p / "stage.json").read_text())
+        for p in (out / "stages").iterdir()
+    }
     gen = stages["generate.tiny-teacher"]["summary"]
     # 3 domains x 32 problems x 2 temperatures x n=1, all answered over HTTP by the served teacher
     assert gen["traces"] == 3 * 32 * 2 and gen["errors"] == 0
     verify = stages["verify"]["summary"]
     assert verify["kept"] + verify["dropped"] == gen["traces"] and verify["kept"] > 0.8 * gen["traces"]
     for d in ["add", "sort", "compare"]:
-        assert stages[f"train.expert-{d}"]["summary"]["final_loss"] < stages[f"train.expert-{d}"]["summary"]["first_loss"]
+        assert (
+            stages[f"train.expert-{d}"]["summary"]["final_loss"]
+            < stages[f"train.expert-{d}"]["summary"]["first_loss"]
+        )
 
 
 def test_each_expert_beats_the_student_base_on_its_domain(demo_out):
@@ -52,7 +67,9 @@ def test_each_expert_beats_the_student_base_on_its_domain(demo_out):
 def test_rerun_reuses_everything_and_a_merge_edit_reruns_only_that_merge(demo_out):
     out, _ = demo_out
     quiet = Console(quiet=True)
-    again = run_recipe(load_recipe(demo_recipe_path(), QUICK_OVERRIDES), out, show_progress=False, console=quiet)
+    again = run_recipe(
+        load_recipe(demo_recipe_path(), QUICK_OVERRIDES), out, show_progress=False, console=quiet
+    )
     assert all(o.reused for o in again.stages)
     edited = load_recipe(demo_recipe_path(), [*QUICK_OVERRIDES, "merges.ties.parameters.normalize=false"])
     r = run_recipe(edited, out, show_progress=False, console=quiet)

@@ -175,7 +175,9 @@ def test_exact_quantile_equals_torch_quantile(n):
         torch.testing.assert_close(exact_quantile(x, q), torch.quantile(x, q))
 
 
-def _ref_fusion(theta_l: torch.Tensor, theta_r: torch.Tensor, lam: float, magnitude: bool = False) -> torch.Tensor:
+def _ref_fusion(
+    theta_l: torch.Tensor, theta_r: torch.Tensor, lam: float, magnitude: bool = False
+) -> torch.Tensor:
     p = torch.softmax(theta_l.flatten(), 0) + 1e-8
     q = torch.softmax(theta_r.flatten(), 0) + 1e-8
     kl = (p * (p / q).log()).sum()

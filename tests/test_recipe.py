@@ -45,7 +45,7 @@ def test_unknown_key_and_bad_values_are_all_reported_with_file_and_field(tmp_pat
 def test_teacher_needs_exactly_one_source(tmp_path):
     data = json.loads(json.dumps(MINIMAL))
     data["teachers"] = [{"name": "x"}]
-    with pytest.raises(BranchmergeError, match="teachers.0"):
+    with pytest.raises(BranchmergeError, match=r"teachers\[0\]: give exactly one"):
         load_recipe(_write(tmp_path, data))
 
 

@@ -20,7 +20,7 @@ def test_bad_line_names_file_line_and_field(tmp_path):
     p.write_text(
         '{"id": "1", "domain": "d", "question": "q", "reference": "r"}\n{"id": "2", "domain": "d"}\n'
     )
-    with pytest.raises(BranchmergeError, match=r"p.jsonl:2: field 'question'"):
+    with pytest.raises(BranchmergeError, match=r"p.jsonl:2: question: Field required"):
         read_jsonl(p, Problem)
     p.write_text('{"id": "1", "domain": "d", "question": "q", "reference": "r", "bogus": 1}\n')
     with pytest.raises(BranchmergeError, match="bogus"):

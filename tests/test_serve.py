@@ -5,13 +5,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.teachers.batching import Batcher, QueueFullError
@@ -26,16 +24,6 @@ from branchmerge.teachers.serve import (
 from branchmerge.teachers.thinking import split_reasoning
 
 USER = [{"role": "user", "content": "What is 12 + 30?"}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from intra-op threads, and on a shared 2-core machine their spin-waits make
-    each decoding step up to ~50x slower; restore the setting for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,9 @@ def test_levels_cycle_and_unknown_domain_is_named():
 
 def test_generate_problems_is_deterministic_distinct_and_honours_exclude():
     first = generate_problems("compare", 30, seed=11)
-    assert [p.model_dump() for p in first] == [p.model_dump() for p in generate_problems("compare", 30, seed=11)]
+    assert [p.model_dump() for p in first] == [
+        p.model_dump() for p in generate_problems("compare", 30, seed=11)
+    ]
     assert [p.question for p in first] != [p.question for p in generate_problems("compare", 30, seed=12)]
     assert len({p.question for p in first}) == 30
     excluded = {p.question for p in first[:10]}
@@ -71,7 +73,9 @@ def test_assistant_mask_covers_exactly_content_and_im_end(tokenizer, domain):
     problem = generate_problems(domain, 1, seed=5)[0]
     content = build.assistant_content(problem)
     messages = [{"role": "user", "content": problem.question}, {"role": "assistant", "content": content}]
-    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    enc = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
     on = [i for i, m in enumerate(mask) if m]
     assert on == list(range(on[0], on[-1] + 1))  # one contiguous span
@@ -109,7 +113,9 @@ def test_training_loop_lowers_the_loss_and_is_deterministic(tokenizer):
     """A micro model memorising 8 items: the loss must fall, and a rerun must give the same numbers."""
     examples = _micro_examples(tokenizer)
     plan = build.TrainPlan(steps=30, batch_size=4, lr=3e-3, warmup_steps=3)
-    config = tiny_qwen3_config(tokenizer, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    config = tiny_qwen3_config(
+        tokenizer, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64
+    )
 
     def run() -> list[float]:
         return build.train(random_model(config, seed=0), examples, plan, tokenizer.pad_token_id, seed=0)
@@ -141,7 +147,9 @@ def training_questions() -> set[str]:
 @pytest.mark.parametrize("domain", list(DOMAINS))
 def test_shipped_teacher_solves_heldout_items(shipped_teacher, training_questions, domain):
     """A real check on the shipped weights: 20 unseen items per domain, greedy, at least 85% right."""
-    problems = build.heldout_problems(domain, seed=build.DEFAULT_SEED + 1, count=20, exclude=training_questions)
+    problems = build.heldout_problems(
+        domain, seed=build.DEFAULT_SEED + 1, count=20, exclude=training_questions
+    )
     assert not training_questions & {p.question for p in problems}
     assert build.accuracy(shipped_teacher, problems, temperature=0.0) >= 0.85
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from branchmerge.errors import BranchmergeError
+from branchmerge.errors import BranchmergeError, describe, validation_error
 
 DTypeName = Literal["float32", "float16", "bfloat16"]
 
@@ -114,13 +114,6 @@ _UNSUPPORTED_KEYS = {
 }
 
 
-def _field(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def _message(err: Any) -> str:
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
@@ -130,9 +123,7 @@ def _message(err: Any) -> str:
             MergeConfig.model_fields if len(loc) == 1 else InputModel.model_fields if len(loc) == 3 else {}
         )
         return f"unknown key (known: {', '.join(known)})" if known else "unknown key"
-    if err["type"] == "value_error":
-        return str(err["ctx"]["error"])
-    return str(err["msg"])
+    return describe(err)
 
 
 def validate_merge_config(data: object, source: str = "merge config") -> MergeConfig:
@@ -144,8 +135,7 @@ def validate_merge_config(data: object, source: str = "merge config") -> MergeCo
     try:
         return MergeConfig.model_validate(data)
     except ValidationError as e:
-        lines = [f"{source}: {_field(tuple(err['loc']))}: {_message(err)}" for err in e.errors()]
-        raise BranchmergeError("\n".join(lines)) from None
+        raise validation_error(source, e, _message) from None
 
 
 def load_merge_config(path: str | Path) -> MergeConfig:

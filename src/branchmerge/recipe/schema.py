@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from branchmerge.errors import BranchmergeError
+from branchmerge.errors import BranchmergeError, validation_error
 from branchmerge.train.sft import SFTSettings
 
 
@@ -160,9 +160,4 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        msgs = []
-        for err in e.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            msgs.append(f"{path}: {field}: {msg}")
-        raise BranchmergeError("\n".join(msgs)) from None
+        raise validation_error(str(path), e) from None

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from branchmerge.errors import BranchmergeError
+from branchmerge.errors import BranchmergeError, validation_error
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -38,9 +38,7 @@ def read_jsonl(path: str | Path, record: type[R]) -> list[R]:
                 break
             raise BranchmergeError(f"{path}:{i}: not valid JSON ({e.msg})") from None
         except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise BranchmergeError(f"{path}:{i}: field '{field}': {err['msg']}") from None
+            raise validation_error(f"{path}:{i}", e) from None
     return out
 
 

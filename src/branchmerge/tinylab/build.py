@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -53,6 +54,11 @@ class TrainPlan:
     lr: float
     warmup_steps: int
     levels: tuple[int, ...] = ALL_LEVELS
+    mix: tuple[float, ...] = (
+        1.0,
+        1.0,
+        1.0,
+    )  # relative share of each domain (DOMAINS order) in the training items
     weight_decay: float = 0.1
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio, not to 0: the last steps still learn
 
@@ -61,6 +67,9 @@ TEACHER_SHAPE = ModelShape(hidden_size=128, num_layers=4, num_heads=4, num_kv_he
 TEACHER_PLAN = TrainPlan(steps=1200, batch_size=64, lr=2e-3, warmup_steps=60)
 STUDENT_SHAPE = ModelShape(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=256)
 STUDENT_PLAN = TrainPlan(steps=150, batch_size=32, lr=2e-3, warmup_steps=20, levels=(1, 2))
+# What the demo does to the student (recipes/demo.yaml: full SFT, 100 steps, batch 16, lr 5e-4, cosine to 0).
+EXPERT_PLAN = TrainPlan(steps=100, batch_size=16, lr=5e-4, warmup_steps=5, weight_decay=0.0, min_lr_ratio=0.0)
+EXPERT_PROBLEMS = 96  # demo.yaml train_per_domain; each trace twice (two sampling temperatures)
 
 
 @dataclass(frozen=True)
@@ -86,16 +95,27 @@ def encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -
 
 def encode_problems(tokenizer: PreTrainedTokenizerBase, problems: Sequence[Problem]) -> list[Example]:
     return [
-        encode(tokenizer, [{"role": "user", "content": p.question}, {"role": "assistant", "content": assistant_content(p)}])
+        encode(
+            tokenizer,
+            [{"role": "user", "content": p.question}, {"role": "assistant", "content": assistant_content(p)}],
+        )
         for p in problems
     ]
 
 
-def training_problems(seed: int, per_domain: int, levels: tuple[int, ...]) -> list[Problem]:
-    return [p for d in DOMAINS for p in generate_problems(d, per_domain, seed=seed, levels=levels)]
+def training_problems(seed: int, plan: TrainPlan) -> list[Problem]:
+    """Fresh items for one pass over `plan.steps` batches, split between domains by `plan.mix`."""
+    total = plan.steps * plan.batch_size
+    return [
+        p
+        for d, share in zip(DOMAINS, plan.mix, strict=True)
+        for p in generate_problems(d, math.ceil(total * share / sum(plan.mix)), seed=seed, levels=plan.levels)
+    ]
 
 
-def heldout_problems(domain: str, seed: int, count: int = 200, exclude: set[str] | None = None) -> list[Problem]:
+def heldout_problems(
+    domain: str, seed: int, count: int = 200, exclude: set[str] | None = None
+) -> list[Problem]:
     """Held-out items: another seed than training, and any question seen in training skipped."""
     return generate_problems(domain, count, seed=seed + HELDOUT_SEED_OFFSET, exclude=exclude)
 
@@ -122,6 +142,22 @@ def cosine_lr(step: int, plan: TrainPlan) -> float:
     return plan.lr * (plan.min_lr_ratio + (1 - plan.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of batches; rows of similar length share a batch, which halves the padding on these items.
+
+    Shuffle, cut into pools of 16 batches, sort each pool by length, cut it into batches, shuffle the batches.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = 16 * batch_size
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def train(
     model: Qwen3ForCausalLM,
     examples: Sequence[Example],
@@ -131,9 +167,10 @@ def train(
     progress: Progress | None = None,
     label: str = "train",
 ) -> list[float]:
-    """AdamW on the assistant tokens only; batches drawn by a seeded shuffle, epoch after epoch. Returns losses."""
+    """AdamW on the assistant tokens only; seeded length-grouped batches, epoch after epoch. Returns the losses."""
     rng = random.Random(seed)
-    order: list[int] = []
+    lengths = [len(e.input_ids) for e in examples]
+    queue: list[list[int]] = []
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # norms: no weight decay
@@ -145,12 +182,9 @@ def train(
     task = progress.add_task(label, total=plan.steps, loss=float("nan")) if progress else None
     losses = []
     for step in range(plan.steps):
-        if len(order) < plan.batch_size:
-            fresh = list(range(len(examples)))
-            rng.shuffle(fresh)
-            order += fresh
-        batch = [examples[i] for i in order[: plan.batch_size]]
-        del order[: plan.batch_size]
+        if not queue:
+            queue = length_grouped_batches(lengths, plan.batch_size, rng)
+        batch = [examples[i] for i in queue.pop()]
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, plan)
         loss = model(**collate(batch, pad_id)).loss  # mean over the assistant tokens of the batch
@@ -198,25 +232,58 @@ def train_checkpoint(
     tokenizer: PreTrainedTokenizerBase,
     shape: ModelShape,
     plan: TrainPlan,
+    problems: Sequence[Problem],
     seed: int,
     out_dir: Path,
     progress: Progress | None = None,
     label: str = "train",
-) -> set[str]:
-    """Train one model from random init on fresh items and save it; returns the training questions."""
-    problems = training_problems(seed, per_domain=-(-plan.steps * plan.batch_size // len(DOMAINS)), levels=plan.levels)
+) -> None:
+    """Train one model from a seeded random init on `problems` and save it."""
     config = tiny_qwen3_config(tokenizer, **asdict(shape), max_position_embeddings=512)
     model = random_model(config, seed=seed)
     train(model, encode_problems(tokenizer, problems), plan, tokenizer.pad_token_id, seed, progress, label)
     save_checkpoint(model, tokenizer, out_dir)
-    return {p.question for p in problems}
+
+
+def training_questions(seed: int = DEFAULT_SEED) -> set[str]:
+    """Every question the teacher or the student base saw when built from `seed` (held-out sets exclude them)."""
+    return {
+        p.question for p in training_problems(seed, TEACHER_PLAN) + training_problems(seed + 1, STUDENT_PLAN)
+    }
 
 
 def evaluate_dir(model_dir: Path, heldout: dict[str, list[Problem]], temperatures: Sequence[float]) -> dict:
     model = LocalModel(model_dir)
     return {
-        d: {f"T={t:g}": round(accuracy(model, items, t), 3) for t in temperatures} for d, items in heldout.items()
+        d: {f"T={t:g}": round(accuracy(model, items, t), 3) for t in temperatures}
+        for d, items in heldout.items()
     }
+
+
+def expert_check(
+    student: Path, heldout: dict[str, list[Problem]], seed: int, progress: Progress | None = None
+) -> dict:
+    """Fine-tune a copy of the student on one domain, as the demo does, and measure every domain before/after.
+
+    The demo's traces are the teacher's correct answers, i.e. these generator solutions, one per temperature:
+    EXPERT_PROBLEMS items, each twice. The check passes when every expert beats the base on its own domain.
+    """
+    tokenizer = build_tokenizer()
+    before = evaluate_dir(student, heldout, (0.0,))
+    exclude = {p.question for items in heldout.values() for p in items}
+    out: dict = {"plan": asdict(EXPERT_PLAN), "problems_per_domain": EXPERT_PROBLEMS, "experts": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for domain in heldout:
+            problems = generate_problems(domain, EXPERT_PROBLEMS, seed=seed + 2, exclude=exclude)
+            model = Qwen3ForCausalLM.from_pretrained(student, dtype=torch.float32)
+            examples = encode_problems(tokenizer, problems) * 2
+            train(model, examples, EXPERT_PLAN, tokenizer.pad_token_id, seed, progress, f"expert {domain}")
+            save_checkpoint(model, tokenizer, Path(tmp) / domain)
+            after = evaluate_dir(Path(tmp) / domain, heldout, (0.0,))
+            out["experts"][domain] = {
+                d: {"before": before[d]["T=0"], "after": after[d]["T=0"]} for d in heldout
+            }
+    return out
 
 
 def build(out_dir: Path, seed: int = DEFAULT_SEED, heldout_count: int = 200) -> dict:
@@ -225,22 +292,47 @@ def build(out_dir: Path, seed: int = DEFAULT_SEED, heldout_count: int = 200) -> 
     torch.use_deterministic_algorithms(True)  # CPU kernels: costs nothing here, makes reruns bit-identical
     tokenizer = build_tokenizer()
     started = time.time()
-    seen: set[str] = set()
+    teacher_problems = training_problems(seed, TEACHER_PLAN)
+    student_problems = training_problems(seed + 1, STUDENT_PLAN)
     with make_progress() as progress:
-        seen |= train_checkpoint(tokenizer, TEACHER_SHAPE, TEACHER_PLAN, seed, out_dir / "teacher", progress, "teacher")
-        seen |= train_checkpoint(
-            tokenizer, STUDENT_SHAPE, STUDENT_PLAN, seed + 1, out_dir / "student", progress, "student"
+        train_checkpoint(
+            tokenizer,
+            TEACHER_SHAPE,
+            TEACHER_PLAN,
+            teacher_problems,
+            seed,
+            out_dir / "teacher",
+            progress,
+            "teacher",
         )
+        train_checkpoint(
+            tokenizer,
+            STUDENT_SHAPE,
+            STUDENT_PLAN,
+            student_problems,
+            seed + 1,
+            out_dir / "student",
+            progress,
+            "student",
+        )
+    seen = {p.question for p in teacher_problems + student_problems}
     heldout = {d: heldout_problems(d, seed, heldout_count, exclude=seen) for d in DOMAINS}
-    report = {
+    report: dict = {
         "seed": seed,
         "heldout_seed": seed + HELDOUT_SEED_OFFSET,
         "heldout_per_domain": heldout_count,
-        "teacher": {"shape": asdict(TEACHER_SHAPE), "plan": asdict(TEACHER_PLAN)},
-        "student": {"shape": asdict(STUDENT_SHAPE), "plan": asdict(STUDENT_PLAN)},
+        "grading": "greedy (T=0) and T=0.6 top-p 0.95; answer after </think>, whitespace-collapsed, equals the reference",
     }
-    for name in ("teacher", "student"):
+    for name, shape, plan in (
+        ("teacher", TEACHER_SHAPE, TEACHER_PLAN),
+        ("student", STUDENT_SHAPE, STUDENT_PLAN),
+    ):
+        params = sum(p.numel() for p in Qwen3ForCausalLM.from_pretrained(out_dir / name).parameters())
+        report[name] = {"shape": asdict(shape), "plan": asdict(plan), "parameters": params}
         report[name]["accuracy"] = evaluate_dir(out_dir / name, heldout, (0.0, 0.6))
+    report["train_and_eval_seconds"] = round(time.time() - started)
+    with make_progress() as progress:
+        report["expert_check"] = expert_check(out_dir / "student", heldout, seed, progress)
     report["build_seconds"] = round(time.time() - started)
     (out_dir / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -254,13 +346,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (fixed so reruns match bit for bit)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (fixed so reruns match bit for bit)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = build(args.out, args.seed)
     for name in ("teacher", "student"):
         for domain, acc in report[name]["accuracy"].items():
-            print(f"{name:<8} {domain:<8} " + "  ".join(f"{k} {v:.1%}" for k, v in acc.items()))
+            print(f"{name:<8} {domain:<8} " + "  ".join(f"{k} {v:6.1%}" for k, v in acc.items()))
+    for domain, scores in report["expert_check"]["experts"].items():
+        own = scores[domain]
+        others = ", ".join(
+            f"{d} {s['before']:.0%}->{s['after']:.0%}" for d, s in scores.items() if d != domain
+        )
+        print(f"expert {domain:<8} own domain {own['before']:.1%} -> {own['after']:.1%}  (others: {others})")
     print(f"wrote {args.out} in {report['build_seconds']} s")
 
 

@@ -84,7 +84,9 @@ METHOD = MergeMethod(
     apply=_apply,
     params={
         "lambda": ParamSpec(default=1.5, help="S_THR = median(S) + lambda * IQR(S)"),
-        "magnitude": ParamSpec(kind="bool", default=False, help="S = KL * |theta_L - theta_R| (the paper's prose)"),
+        "magnitude": ParamSpec(
+            kind="bool", default=False, help="S = KL * |theta_L - theta_R| (the paper's prose)"
+        ),
     },
     needs_base=True,
     n_inputs=2,
