@@ -30,6 +30,7 @@ def clean_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _quiet_libraries()
         try:
             return fn(*args, **kwargs)
         except BranchmergeError as e:
@@ -41,6 +42,16 @@ def clean_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _quiet_libraries() -> None:
+    """Our own rich bars report progress; the libraries' tqdm bars and advisories would interleave with them."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
 
 
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:

@@ -12,9 +12,9 @@ from branchmerge.cli.main import command, console
 
 # `demo --quick`: the same stages with fewer problems and steps (about a minute on 2 cores).
 QUICK_OVERRIDES = [
-    "problems.train_per_domain=32",
-    "problems.eval_per_domain=24",
-    "train.settings.max_steps=40",
+    "problems.train_per_domain=64",
+    "problems.eval_per_domain=30",
+    "train.settings.max_steps=60",
 ]
 
 

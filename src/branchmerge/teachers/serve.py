@@ -353,8 +353,26 @@ def running_server(
     except BaseException:
         sock.close()
         raise
-    with _serving(app, sock) as root:
+    with serving_threads(), _serving(app, sock) as root:
         yield root + "/v1"
+
+
+@contextlib.contextmanager
+def serving_threads(n: int = 1) -> Iterator[None]:
+    """Run torch with `n` intra-op threads while serving, and restore the setting afterwards.
+
+    The server's event loop, the batching worker and torch's intra-op pool share the cores; with a second intra-op
+    thread spinning, a tiny model on 2 cores served 96 traces in 173 s instead of 13.6 s (1 thread). Big models
+    on a GPU are unaffected: their work is on the device.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def serve(
@@ -385,4 +403,5 @@ def serve(
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=real_port, log_level=log_level))
     # uvicorn does not announce sockets it was handed, so say where it listens.
     logging.getLogger("uvicorn.error").info("serving %s at %s/v1", app.title, _url(host, real_port))
-    server.run(sockets=[sock])
+    with serving_threads():
+        server.run(sockets=[sock])

@@ -110,12 +110,12 @@ def generate_problems(
     out: list[Problem] = []
     index = 0
     while len(out) < count:
+        if index >= 50 * count + 1000:  # before the skip below, or an exhausted space loops forever
+            raise ValueError(f"cannot find {count} distinct '{domain}' problems for levels {levels}")
         item = make_item(domain, seed, index, levels)
         index += 1
         if item.question in seen:
             continue
-        if index > 50 * count + 1000:
-            raise ValueError(f"cannot find {count} distinct '{domain}' problems for levels {levels}")
         seen.add(item.question)
         out.append(
             Problem(

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from branchmerge.tinylab.domains import DOMAINS, make_item
 
@@ -78,7 +78,7 @@ def build_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
     return fast
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> None:
     """Save in a layout other tools read too: `tokenizer_class` set to Qwen2Tokenizer, template in the config."""
     out_dir = Path(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -137,7 +137,7 @@ def train_sft(
             assistant_only_loss=True,
             bf16=s.bf16,
             use_cpu=not torch.cuda.is_available(),
-            gradient_checkpointing=s.gradient_checkpointing,
+            activation_checkpointing=s.gradient_checkpointing,
             seed=s.seed,
             data_seed=s.seed,
             logging_steps=max(1, s.max_steps // 20),
