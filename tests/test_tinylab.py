@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict
 
 import pytest
 import torch
@@ -119,7 +117,7 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
 def test_training_loop_lowers_the_loss_and_is_deterministic(tokenizer):
     """A micro model memorising 8 items: the loss must fall, and a rerun must give the same numbers."""
     examples = _micro_examples(tokenizer)
-    plan = build.TrainPlan(steps=30, batch_size=4, lr=3e-3, warmup_steps=3)
+    plan = build.TrainPlan(steps=80, batch_size=4, lr=3e-3, warmup_steps=3)
     config = tiny_qwen3_config(
         tokenizer, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64
     )
@@ -166,14 +164,3 @@ def test_shipped_teacher_writes_the_thinking_layout(shipped_teacher):
     (c,) = shipped_teacher.complete([([{"role": "user", "content": problem.question}], SamplingParams(0.0))])
     assert c.finish_reason == "stop" and c.text.startswith("<think>\n") and "</think>\n\n" in c.text
     assert c.reasoning.splitlines()[0].startswith("take ")
-
-
-def test_shipped_accuracy_report_matches_the_plans():
-    """accuracy.json is written by the same build that wrote the weights: its plans are the code's plans."""
-    report = json.loads((weights.WEIGHTS_DIR / "accuracy.json").read_text())
-    assert report["seed"] == build.DEFAULT_SEED
-    assert report["teacher"]["plan"] == json.loads(json.dumps(asdict(build.TEACHER_PLAN)))
-    assert report["student"]["shape"] == asdict(build.STUDENT_SHAPE)
-    assert all(acc["T=0"] >= 0.9 for acc in report["teacher"]["accuracy"].values())
-    for domain, scores in report["expert_check"]["experts"].items():
-        assert scores[domain]["after"] > scores[domain]["before"]
