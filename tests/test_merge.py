@@ -300,7 +300,10 @@ def _bad_configs(a: Path, b: Path, c: Path, other_shape: Path) -> dict[str, tupl
     return {
         "unknown method": (
             {**s, "merge_method": "slerpp", "models": one},
-            ["merge_method: 'slerpp' is not a merge method (known: arcee_fusion, linear, slerp, ties)"],
+            [
+                "merge_method: 'slerpp' is not a merge method (known: arcee_fusion, arcee_fusion_mergekit, dare_linear, dare_ties, "
+                "linear, model_stock, slerp, task_arithmetic, ties)"
+            ],
         ),
         "unknown key": (
             {**s, "models": [{"model": str(b), "paramters": {}}]},
@@ -362,7 +365,7 @@ def _bad_configs(a: Path, b: Path, c: Path, other_shape: Path) -> dict[str, tupl
         ),
         "ties without a model": (
             {"merge_method": "ties", "base_model": str(a), "models": [{"model": str(a)}]},
-            ["models: ties needs at least one model besides the base_model"],
+            ["models: ties needs at least 1 model besides the base_model"],
         ),
         "union tokenizer": (
             {**s, "models": one, "tokenizer_source": "union"},

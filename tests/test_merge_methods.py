@@ -81,7 +81,13 @@ def test_model_setting_wins_then_global_then_default():
     assert p.model_params[0] == {}  # the base takes no per-model parameters
     assert p.model_params[1] == {"weight": 0.3, "density": 1.0}
     assert p.model_params[2] == {"weight": 0.9, "density": 1.0}
-    assert p.params == {"normalize": True, "int8_mask": False}
+    assert p.params == {
+        "normalize": True,
+        "rescale": False,
+        "lambda": 1.0,
+        "int8_mask": False,
+        "argsort_ties": False,
+    }
 
 
 def test_filter_that_misses_falls_through_and_is_reported():
@@ -154,7 +160,12 @@ def test_keep_top_magnitude_matches_full_sort(density):
 def test_keep_top_magnitude_extremes():
     delta = torch.randn(10)
     assert torch.equal(keep_top_magnitude(delta, 1.0), delta)
-    assert torch.equal(keep_top_magnitude(delta, 0.05), torch.zeros(10))  # k = int(0.5) = 0
+    # k = max(1, int(0.5)): a positive density keeps at least the largest entry, as mergekit does
+    top = delta.abs().argmax()
+    want = torch.zeros(10)
+    want[top] = delta[top]
+    assert torch.equal(keep_top_magnitude(delta, 0.05), want)
+    assert torch.equal(keep_top_magnitude(delta, 0.0), torch.zeros(10))
 
 
 def test_task_vector_merge_without_consensus_is_task_arithmetic():

@@ -109,8 +109,14 @@ def _inputs(cfg: MergeConfig, method: MergeMethod) -> tuple[list[tuple[str, Path
         problems.append(
             f"models: {method.name} merges exactly {method.n_inputs} models{one_base}; got {n} ({names})"
         )
-    elif method.needs_base and n < 2:
-        problems.append(f"models: {method.name} needs at least one model besides the base_model")
+    elif method.needs_base and n < max(2, method.min_inputs):
+        need = max(2, method.min_inputs) - 1
+        problems.append(
+            f"models: {method.name} needs at least {need} model{'s' if need > 1 else ''} besides the "
+            f"base_model; got {n - 1} ({names})"
+        )
+    elif n < method.min_inputs:
+        problems.append(f"models: {method.name} needs at least {method.min_inputs} models; got {n} ({names})")
     return inputs, base, problems
 
 

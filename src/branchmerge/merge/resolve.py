@@ -105,7 +105,7 @@ def resolve_tensor(
                 for name, spec in method.model_params.items()
             }
         )
-    p = TensorParams(base=base, params=params, model_params=model_params)
+    p = TensorParams(base=base, params=params, model_params=model_params, tensor=tensor)
     if not problems and method.check is not None:
         why = method.check(p)
         if why:

@@ -35,6 +35,7 @@ class TensorParams:
     base: int | None
     params: Mapping[str, ParamValue]
     model_params: Sequence[Mapping[str, ParamValue]]
+    tensor: str = ""  # the output tensor's name: seeds random methods (DARE) per tensor, whatever the order
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class MergeMethod:
         the top-level `parameters`, as a default for every model (as in mergekit).
     needs_base: the base_model is an input (appended if not listed) and gets no per-model parameters.
     n_inputs: exact number of distinct input models including the base, or None for "one or more".
+    min_inputs: the least number of distinct inputs including the base (Model Stock: 3).
     check: from the parameters alone, why this tensor cannot be merged (e.g. weights summing to 0 under
         normalize), or None; run for every tensor during validation.
     passthrough: from the parameters alone, the input whose tensor *is* the output (e.g. SLERP at t = 0), so
@@ -59,6 +61,7 @@ class MergeMethod:
     model_params: Mapping[str, ParamSpec] = field(default_factory=dict)
     needs_base: bool = False
     n_inputs: int | None = None
+    min_inputs: int = 1
     check: Callable[[TensorParams], str | None] | None = None
     passthrough: Callable[[TensorParams], int | None] | None = None
     summary: str = ""

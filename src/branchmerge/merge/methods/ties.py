@@ -10,50 +10,37 @@ Yadav et al., "TIES-Merging: Resolving Interference When Merging Models", NeurIP
     theta_m = theta_init + lambda tau_m
 
 With per-model weights w_t as in mergekit: the elected sign is sgn(sum_t w_t hat_tau_t) and, with
-`normalize`, the disjoint mean divides by sum_{t in A^p} w_t instead of |A^p|. lambda is 1 here.
+`normalize`, the disjoint mean divides by sum_{t in A^p} w_t instead of |A^p|.
 k = int(density * numel) per tensor; density 1 keeps everything. With one model, density 1 and
-normalize false this is task arithmetic, theta_init + w tau.
+normalize false this is task arithmetic, theta_init + w tau. lambda scales tau_m as in the paper.
 
-YAML: per model `weight` (required) and `density` (default 1); global `normalize` (default true) and
-`int8_mask` (accepted, no effect: masks are not stored). The base_model gets no weight.
+YAML: per model `weight` (required) and `density` (default 1); global `normalize` (default true), `rescale`
+(default false), `lambda` (default 1), `argsort_ties` (default false: see `keep_top_magnitude`) and `int8_mask`
+(accepted, no effect: masks are not stored). The base_model gets no weight.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-
-from branchmerge.merge.methods.contract import MergeMethod, ParamSpec, TensorParams
-from branchmerge.merge.methods.task_vector import TaskVectorSettings, task_vector_merge
+from branchmerge.merge.methods.contract import MergeMethod, ParamSpec
+from branchmerge.merge.methods.task_vector import (
+    TASK_VECTOR_MODEL_PARAMS,
+    TaskVectorSettings,
+    apply_settings,
+    task_vector_params,
+)
 
 TIES = TaskVectorSettings(sparsify="magnitude", sign_consensus=True)
 
-
-def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor:
-    assert p.base is not None
-    others = [i for i in range(len(thetas)) if i != p.base]
-    return task_vector_merge(
-        thetas[p.base],
-        [thetas[i] for i in others],
-        weights=[float(p.model_params[i]["weight"]) for i in others],
-        densities=[float(p.model_params[i]["density"]) for i in others],
-        settings=TIES,
-        normalize=bool(p.params["normalize"]),
-    )
-
-
 METHOD = MergeMethod(
     name="ties",
-    apply=_apply,
+    apply=lambda thetas, p: apply_settings(thetas, p, TIES),
     params={
-        "normalize": ParamSpec(kind="bool", default=True, help="divide by the weights that agree in sign"),
-        "int8_mask": ParamSpec(kind="bool", default=False, ignored=True, help="mergekit memory option"),
+        **task_vector_params(normalize=True, rescale=False),
+        "argsort_ties": ParamSpec(
+            kind="bool", default=False, help="break trim ties as mergekit's argsort does (bit parity, slower)"
+        ),
     },
-    model_params={
-        "weight": ParamSpec(help="weight of this model's task vector"),
-        "density": ParamSpec(default=1.0, low=0.0, high=1.0, help="fraction of the task vector kept"),
-    },
+    model_params=TASK_VECTOR_MODEL_PARAMS,
     needs_base=True,
     summary="TIES: trim task vectors by magnitude, elect signs, average the agreeing entries",
 )
