@@ -168,17 +168,69 @@ def train(
 
 @command("merge")
 def merge(
-    config: Annotated[Path, typer.Argument(help="mergekit-style YAML merge config.")],
-    out: Annotated[Path, typer.Argument(help="Output checkpoint folder.")],
+    config: Annotated[
+        Path, typer.Argument(help="mergekit-style YAML (several documents = a sequence of steps).")
+    ],
+    out: Annotated[
+        Path | None, typer.Argument(help="Output checkpoint folder (not needed with --explain).")
+    ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Resolve the config, print every tensor's parameters and warnings; merge nothing.",
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="Where the math runs: cpu or cuda.")] = "cpu",
+    intermediate_dir: Annotated[
+        Path | None,
+        typer.Option("--intermediate-dir", help="Keep a sequence's step outputs here (reused on rerun)."),
+    ] = None,
 ) -> None:
-    """Merge checkpoints tensor by tensor (linear, slerp, ties, arcee_fusion) from a mergekit YAML.
+    """Merge checkpoints tensor by tensor from a mergekit YAML (linear, slerp, task_arithmetic, ties, dare_ties,
+    dare_linear, model_stock, arcee_fusion, arcee_fusion_mergekit).
 
-    Example: branchmerge merge slerp.yaml ./merged
+    Example: branchmerge merge slerp.yaml ./merged   (or: branchmerge merge slerp.yaml --explain)
     """
-    from branchmerge.merge import load_merge_config, run_merge
+    from branchmerge.merge import run_merge
 
-    r = run_merge(load_merge_config(config), out)
-    console.print(f"{r.method}: {r.n_tensors} tensors in {r.seconds:.1f} s → {out}")
+    if explain:
+        from branchmerge.merge.explain import explain_merge
+
+        print_explanation(explain_merge(config))
+        return
+    if out is None:
+        raise BranchmergeError("merge: give the output folder (OUT), or --explain to only check the config")
+    r = run_merge(config, out, device=device, intermediate_dir=intermediate_dir)
+    order = f" in the order {r.order}" if r.order else ""
+    console.print(
+        f"{r.method}: {r.n_tensors} tensors ({r.n_copied} copied) in {r.seconds:.1f} s{order} → {out}"
+    )
+
+
+def print_explanation(steps: list) -> None:
+    """Per step: a table of layers × tensor kinds with their resolved parameters, then the warnings."""
+    from itertools import groupby
+
+    from rich.table import Table
+
+    for step in steps:
+        table = Table(title=f"{step.name}: {step.method} over {', '.join(step.inputs)}", title_justify="left")
+        for col in ("layer", "tensor", "parameters"):
+            table.add_column(col)
+        for layer, group in groupby(step.rows, key=lambda r: r.layer):
+            rows = list(group)
+            where = "-" if layer is None else str(layer)
+            if layer is not None and len(rows) > 1 and len({r.params for r in rows}) == 1:
+                table.add_row(where, f"all {len(rows)} tensors", rows[0].params)
+                continue
+            for r in rows:
+                table.add_row(where, r.kind, r.params)
+        console.print(table)
+        for w in step.warnings:
+            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        if not step.warnings:
+            console.print("no warnings")
 
 
 @command("eval")

@@ -30,6 +30,10 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 
 
+def safetensors_dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, d in SAFETENSORS_DTYPES.items() if d == dtype)
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     shape: tuple[int, ...]

@@ -85,6 +85,9 @@ class MergeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    name: str | None = Field(
+        default=None, min_length=1
+    )  # a step of a sequence; later steps use it as a model
     merge_method: str
     models: list[InputModel] = Field(min_length=1)
     base_model: str | None = None
@@ -138,15 +141,38 @@ def validate_merge_config(data: object, source: str = "merge config") -> MergeCo
         raise validation_error(source, e, _message) from None
 
 
-def load_merge_config(path: str | Path) -> MergeConfig:
-    """Read a mergekit-style YAML file; errors name the file and the field."""
+def load_merge_configs(path: str | Path) -> list[MergeConfig]:
+    """Read a mergekit-style YAML file: one document, or several (`---`) for a sequence of named steps, as
+    mergekit-multi reads them. Errors name the file, the document (when there are several) and the field."""
     path = Path(path)
     if not path.is_file():
         raise BranchmergeError(f"{path}: merge config not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
     except yaml.YAMLError as e:
         raise BranchmergeError(f"{path}: not valid YAML ({e})") from None
-    config = validate_merge_config(data, str(path))
-    config._source = str(path)
-    return config
+    if not docs:
+        raise BranchmergeError(f"{path}: the file is empty; expected merge_method and models")
+    configs, problems = [], []
+    for i, data in enumerate(docs):
+        source = str(path) if len(docs) == 1 else f"{path} (document {i + 1})"
+        try:
+            config = validate_merge_config(data, source)
+        except BranchmergeError as e:
+            problems.append(str(e))
+            continue
+        config._source = source
+        configs.append(config)
+    if problems:
+        raise BranchmergeError("\n".join(problems))
+    return configs
+
+
+def load_merge_config(path: str | Path) -> MergeConfig:
+    """Read a one-document mergekit-style YAML file; errors name the file and the field."""
+    configs = load_merge_configs(path)
+    if len(configs) > 1:
+        raise BranchmergeError(
+            f"{path}: has {len(configs)} documents (a merge sequence); read it with load_merge_configs"
+        )
+    return configs[0]

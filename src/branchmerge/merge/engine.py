@@ -1,17 +1,22 @@
-"""The streaming merge: validate everything, then read -> merge -> write one tensor at a time.
+"""The streaming merge: validate everything, then read -> merge -> write one tensor at a time, in three threads.
 
-Memory is one tensor per input model (in fp32) plus the output shard being filled, never a whole model, so a
-70B merge fits where one layer fits. A read-ahead thread loads the next tensor's inputs while the current one
-is computed; a second thread hashes the input files for the model card meanwhile. Tensors whose output is
-exactly one input (SLERP at t = 0 or 1, say) are read from that input only and written byte for byte.
+A reader thread loads the inputs of the next tensors (a bounded queue, so memory stays a few tensors), the
+calling thread merges (on `device`, in fp32), and a writer thread appends each result to its safetensors shard
+as soon as it is ready (`writer.py`). A fourth thread hashes the input files for the model card meanwhile.
+Tensors whose output is exactly one input (SLERP at t = 0 or 1, say) are read from that input only and written
+byte for byte. Memory is a few tensors per input model, never a whole model, so a 70B merge fits where a layer
+fits.
 
-The output is built in a temporary sibling folder and renamed into place only when complete.
+The output is built in a temporary sibling folder and renamed into place only when complete. A config with
+several documents is a sequence of merges ((A & B) & C), see `sequence.py`.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +26,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.merge.checkpoint import TensorReader
-from branchmerge.merge.config import MergeConfig, load_merge_config, validate_merge_config
-from branchmerge.merge.model_files import copy_support_files, sha256_file, write_config, write_model_card
+from branchmerge.merge.config import MergeConfig, load_merge_configs, validate_merge_config
+from branchmerge.merge.model_files import (
+    SequenceCard,
+    copy_support_files,
+    sha256_file,
+    write_config,
+    write_model_card,
+)
 from branchmerge.merge.plan import MergePlan, TensorJob, build_plan
-from branchmerge.merge.writer import MAX_SHARD_BYTES, ShardWriter, plan_shards
+from branchmerge.merge.sequence import plan_sequence
+from branchmerge.merge.writer import MAX_SHARD_BYTES, ShardWriter
 from branchmerge.records import atomic_dir
+
+READ_AHEAD = 2  # tensors whose inputs are loaded while the current one is merged
+WRITE_BEHIND = 2  # merged tensors waiting for the disk
 
 
 @dataclass(frozen=True)
@@ -36,15 +51,23 @@ class MergeResult:
     n_copied: int  # tensors written byte for byte from one input
     n_shards: int
     seconds: float
+    input_hashes: dict[Path, str]
+    order: str | None = None  # for a sequence, e.g. "((a & b) & c)"
 
 
-def _coerce(config: MergeConfig | dict | str | Path) -> tuple[MergeConfig, str]:
-    """The config and the name errors should carry (the YAML file when there is one)."""
+def coerce_configs(
+    config: MergeConfig | dict | Sequence[MergeConfig | dict] | str | Path,
+) -> list[MergeConfig]:
+    if isinstance(config, MergeConfig):
+        return [config]
     if isinstance(config, dict):
-        config = validate_merge_config(config)
-    elif not isinstance(config, MergeConfig):
-        config = load_merge_config(config)
-    return config, config.source
+        return [validate_merge_config(config)]
+    if isinstance(config, str | Path):
+        return load_merge_configs(config)
+    return [
+        c if isinstance(c, MergeConfig) else validate_merge_config(c, f"merge config (step {i + 1})")
+        for i, c in enumerate(config)
+    ]
 
 
 def _check_out_dir(out: Path, plan: MergePlan) -> None:
@@ -69,7 +92,9 @@ def _read(reader: TensorReader, plan: MergePlan, job: TensorJob) -> list[torch.T
     return [reader.read(ckpt, job.name) for ckpt in plan.inputs]
 
 
-def _compute(plan: MergePlan, job: TensorJob, raw: Sequence[torch.Tensor]) -> torch.Tensor:
+def _compute(
+    plan: MergePlan, job: TensorJob, raw: Sequence[torch.Tensor], device: torch.device
+) -> torch.Tensor:
     """Round inputs to the working dtype if one is set, merge in fp32, cast to the output dtype.
 
     `.to()` to the dtype a tensor already has returns the tensor itself, so a pass-through keeps its bytes.
@@ -78,14 +103,29 @@ def _compute(plan: MergePlan, job: TensorJob, raw: Sequence[torch.Tensor]) -> to
         raw = [t.to(plan.work_dtype) for t in raw]
     if job.passthrough is not None:
         return raw[0].to(job.out_dtype)
-    return plan.method.apply([t.float() for t in raw], job.params).to(job.out_dtype)
+    thetas = [t.to(device, non_blocking=True).float() for t in raw]
+    return plan.method.apply(thetas, job.params).to(job.out_dtype).to("cpu")
 
 
-def _merge_tensors(plan: MergePlan, out_dir: Path, max_shard_bytes: int, show_progress: bool) -> int:
+def _read_ahead(
+    pool: ThreadPoolExecutor, reader: TensorReader, plan: MergePlan
+) -> Iterator[list[torch.Tensor]]:
+    """Inputs of each job in order, keeping up to READ_AHEAD jobs loading in the background."""
+    pending: list[Future[list[torch.Tensor]]] = []
+    jobs = iter(plan.jobs)
+    for job in jobs:
+        pending.append(pool.submit(_read, reader, plan, job))
+        if len(pending) > READ_AHEAD:
+            yield pending.pop(0).result()
+    while pending:
+        yield pending.pop(0).result()
+
+
+def _merge_tensors(
+    plan: MergePlan, out_dir: Path, max_shard_bytes: int, show_progress: bool, device: torch.device
+) -> int:
     """Write every planned tensor; returns the number of shards."""
-    jobs = plan.jobs
-    shards = plan_shards([(j.name, j.nbytes) for j in jobs], max_shard_bytes)
-    writer = ShardWriter(out_dir, shards)
+    writer = ShardWriter(out_dir, [(j.name, j.shape, j.out_dtype) for j in plan.jobs], max_shard_bytes)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -93,51 +133,53 @@ def _merge_tensors(plan: MergePlan, out_dir: Path, max_shard_bytes: int, show_pr
         TextColumn("tensors"),
         TimeElapsedColumn(),
     )
-    with (
-        TensorReader() as reader,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as pool,
-        Progress(*columns, disable=not show_progress) as progress,
-    ):
-        task = progress.add_task(f"merge ({plan.method.name})", total=len(jobs))
-        ahead: Future[list[torch.Tensor]] | None = pool.submit(_read, reader, plan, jobs[0]) if jobs else None
-        for i, job in enumerate(jobs):
-            assert ahead is not None
-            raw = ahead.result()
-            ahead = pool.submit(_read, reader, plan, jobs[i + 1]) if i + 1 < len(jobs) else None
-            writer.add(job.name, _compute(plan, job, raw))
-            del raw
-            progress.advance(task)
+    writes: list[Future[None]] = []
+    try:
+        with (
+            TensorReader() as reader,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as read_pool,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as write_pool,
+            Progress(*columns, disable=not show_progress) as progress,
+        ):
+            task = progress.add_task(f"merge ({plan.method.name})", total=len(plan.jobs))
+            for job, raw in zip(plan.jobs, _read_ahead(read_pool, reader, plan), strict=True):
+                merged = _compute(plan, job, raw, device)
+                del raw
+                writes.append(write_pool.submit(writer.add, job.name, merged))
+                del merged
+                while len(writes) > WRITE_BEHIND or (writes and writes[0].done()):
+                    writes.pop(0).result()  # re-raises a write error here, and bounds memory
+                progress.advance(task)
+            for w in writes:
+                w.result()
+    finally:
+        writer.abort()
     writer.finish()
-    return len(shards)
+    return len(writer.shards)
 
 
-def run_merge(
-    config: MergeConfig | dict | str | Path,
-    out_dir: str | Path,
+def _merge_one(
+    plan: MergePlan,
+    out: Path,
     *,
-    show_progress: bool = True,
-    max_shard_bytes: int = MAX_SHARD_BYTES,
+    show_progress: bool,
+    max_shard_bytes: int,
+    device: torch.device,
+    sequence: SequenceCard | None = None,
 ) -> MergeResult:
-    """Merge the models a mergekit-style config names into `out_dir`, a folder transformers loads.
-
-    `config` is a MergeConfig, a dict of the YAML's content, or the path of a YAML file. Everything is
-    validated before any weight is read; bad input raises BranchmergeError and leaves no output behind.
-    """
     start = time.perf_counter()
-    cfg, source = _coerce(config)
-    plan = build_plan(cfg, source)
-    out = Path(out_dir)
+    cfg = plan.config
     _check_out_dir(out, plan)
-
     files = sorted({f for ckpt in plan.inputs for f in ckpt.weight_files})
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-sha256")
     try:
         digests = {f: hasher.submit(sha256_file, f) for f in files}
         with atomic_dir(out) as tmp:
-            n_shards = _merge_tensors(plan, tmp, max_shard_bytes, show_progress)
+            n_shards = _merge_tensors(plan, tmp, max_shard_bytes, show_progress, device)
             write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
             copy_support_files(plan.reference.path, plan.tokenizer_dir, tmp)
-            write_model_card(tmp, cfg, {f: d.result() for f, d in digests.items()}, len(plan.jobs))
+            hashes = {f: d.result() for f, d in digests.items()}
+            write_model_card(tmp, cfg, hashes, len(plan.jobs), sequence)
     finally:
         hasher.shutdown(wait=True, cancel_futures=True)
     return MergeResult(
@@ -147,4 +189,72 @@ def run_merge(
         n_copied=sum(j.passthrough is not None for j in plan.jobs),
         n_shards=n_shards,
         seconds=time.perf_counter() - start,
+        input_hashes=hashes,
+    )
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    d = torch.device(device or "cpu")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise BranchmergeError(f"--device {device}: no CUDA device is visible here; use --device cpu")
+    return d
+
+
+def run_merge(
+    config: MergeConfig | dict | Sequence[MergeConfig | dict] | str | Path,
+    out_dir: str | Path,
+    *,
+    show_progress: bool = True,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    device: str | torch.device | None = None,
+    intermediate_dir: str | Path | None = None,
+) -> MergeResult:
+    """Merge the models a mergekit-style config names into `out_dir`, a folder transformers loads.
+
+    `config` is a MergeConfig, a dict of the YAML's content, a list of them (a sequence of named steps, see
+    `sequence.py`), or the path of a YAML file with one or more documents. Everything is validated before any
+    weight is read; bad input raises BranchmergeError and leaves no output behind. `device` is where the math
+    runs ("cuda" on a GPU machine). A sequence's intermediate outputs go to `intermediate_dir` when given (and
+    are reused by a rerun with the same steps), else to a temporary folder removed at the end.
+    """
+    start = time.perf_counter()
+    configs = coerce_configs(config)
+    out = Path(out_dir)
+    dev = _device(device)
+    opts = {"show_progress": show_progress, "max_shard_bytes": max_shard_bytes, "device": dev}
+    if len(configs) == 1 and configs[0].name is None:
+        return _merge_one(build_plan(configs[0], configs[0].source), out, **opts)
+
+    keep = intermediate_dir is not None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    steps_dir = (
+        Path(intermediate_dir)
+        if keep
+        else Path(tempfile.mkdtemp(prefix=f".{out.name}.steps-", dir=out.parent))
+    )
+    try:
+        seq = plan_sequence(configs, out, steps_dir.absolute())
+        hashes: dict[Path, str] = {}
+        for step, step_out in zip(seq.steps[:-1], seq.outputs[:-1], strict=True):
+            if (
+                keep
+                and (step_out / "merge_config.yaml").is_file()
+                and ((step_out / "merge_config.yaml").read_text(encoding="utf-8") == step.to_yaml())
+            ):
+                continue  # finished by an earlier run with this very step
+            hashes |= _merge_one(build_plan(step, step.source), step_out, **opts).input_hashes
+        card = SequenceCard(seq.order, [c.to_yaml() for c in configs], hashes)
+        last = _merge_one(build_plan(seq.steps[-1], seq.steps[-1].source), out, **opts, sequence=card)
+    finally:
+        if not keep:
+            shutil.rmtree(steps_dir, ignore_errors=True)
+    return MergeResult(
+        out_dir=out,
+        method=last.method,
+        n_tensors=last.n_tensors,
+        n_copied=last.n_copied,
+        n_shards=last.n_shards,
+        seconds=time.perf_counter() - start,
+        input_hashes={**hashes, **last.input_hashes},
+        order=seq.order,
     )

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from branchmerge.merge.config import MergeConfig
@@ -55,9 +56,32 @@ def copy_support_files(config_dir: Path, tokenizer_dir: Path, out_dir: Path) -> 
     return copied
 
 
-def write_model_card(out_dir: Path, config: MergeConfig, hashes: Mapping[Path, str], n_tensors: int) -> None:
-    """README.md with the merge config and the inputs' sha256; merge_config.yaml with the config alone."""
+@dataclass(frozen=True)
+class SequenceCard:
+    """What the model card of the last step of a sequence adds: the order, every step, the earlier inputs."""
+
+    order: str
+    step_yamls: list[str]
+    earlier_hashes: Mapping[Path, str]
+
+
+def write_model_card(
+    out_dir: Path,
+    config: MergeConfig,
+    hashes: Mapping[Path, str],
+    n_tensors: int,
+    sequence: SequenceCard | None = None,
+) -> None:
+    """README.md with the merge config and the inputs' sha256; merge_config.yaml with the config alone.
+
+    For a sequence, both hold every step (as YAML documents) and the card states the order of the merges.
+    """
     yaml_text = config.to_yaml()
+    order = ""
+    if sequence is not None:
+        yaml_text = "---\n".join(sequence.step_yamls)
+        hashes = {**sequence.earlier_hashes, **hashes}
+        order = f"\nMerged in this order (left operand = base_model): `{sequence.order}`\n"
     rows = "\n".join(f"| `{path}` | `{digest}` |" for path, digest in hashes.items())
     card = f"""---
 library_name: transformers
@@ -68,7 +92,7 @@ tags:
 # Merged model
 
 Made by `branchmerge merge` with the `{config.merge_method}` method ({n_tensors} tensors).
-
+{order}
 ## Configuration
 
 ```yaml

@@ -9,7 +9,7 @@ has a valid value for every tensor. The result is a `MergePlan` the engine only 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +120,9 @@ def _inputs(cfg: MergeConfig, method: MergeMethod) -> tuple[list[tuple[str, Path
     return inputs, base, problems
 
 
-def _tokenizer_dir(cfg: MergeConfig, reference: Path) -> tuple[Path, list[str]]:
+def _tokenizer_dir(
+    cfg: MergeConfig, reference: Path, virtual: Mapping[Path, Checkpoint]
+) -> tuple[Path, list[str]]:
     src = cfg.tokenizer_source
     if src is None:
         return reference, []
@@ -131,7 +133,7 @@ def _tokenizer_dir(cfg: MergeConfig, reference: Path) -> tuple[Path, list[str]]:
     if src == "union":
         return reference, ["tokenizer_source: 'union' is not supported; give a model folder or 'base'"]
     path = Path(src).expanduser()
-    if not any((path / f).is_file() for f in TOKENIZER_MARKERS):
+    if path not in virtual and not any((path / f).is_file() for f in TOKENIZER_MARKERS):
         return path, [f"tokenizer_source: {path}: no tokenizer.json or tokenizer_config.json there"]
     return path, []
 
@@ -163,7 +165,7 @@ def _check_agreement(ckpts: list[tuple[str, Checkpoint]]) -> list[str]:
 
 
 def _open_all(
-    source: str, cfg: MergeConfig, method: MergeMethod
+    source: str, cfg: MergeConfig, method: MergeMethod, virtual: Mapping[Path, Checkpoint]
 ) -> tuple[list[Checkpoint], int | None, Checkpoint, Path]:
     inputs, base, problems = _inputs(cfg, method)
     problems = _check_parameter_names(cfg, method) + problems
@@ -172,13 +174,17 @@ def _open_all(
         base_path = Path(cfg.base_model).expanduser()
         listed = [x for x in inputs if x[1].resolve() == base_path.resolve()]
         ref_field, ref_path = listed[0] if listed else ("base_model", base_path)
-    tokenizer_dir, tok_problems = _tokenizer_dir(cfg, ref_path)
+    tokenizer_dir, tok_problems = _tokenizer_dir(cfg, ref_path, virtual)
     folders = dict.fromkeys(
         [(ref_field, ref_path), *inputs]
     )  # the reference first: others are compared to it
-    problems += [f"{field}: {path}: {why}" for field, path in folders if (why := folder_problem(path))]
+    problems += [
+        f"{field}: {path}: {why}"
+        for field, path in folders
+        if path not in virtual and (why := folder_problem(path))
+    ]
     _fail(source, problems + tok_problems)
-    opened = {path: Checkpoint.open(path) for _, path in folders}
+    opened = {path: virtual.get(path) or Checkpoint.open(path) for _, path in folders}
     _fail(source, _check_agreement([(field, opened[path]) for field, path in folders]))
     return [opened[p] for _, p in inputs], base, opened[ref_path], tokenizer_dir
 
@@ -192,14 +198,20 @@ def _group(problems: dict[tuple[str, str], list[str]]) -> list[str]:
     return lines
 
 
-def build_plan(cfg: MergeConfig, source: str = "merge config") -> MergePlan:
-    """Everything `run_merge` needs, or a BranchmergeError listing every problem found."""
+def build_plan(
+    cfg: MergeConfig, source: str = "merge config", virtual: Mapping[Path, Checkpoint] | None = None
+) -> MergePlan:
+    """Everything `run_merge` needs, or a BranchmergeError listing every problem found.
+
+    `virtual` stands in for folders that do not exist yet (the outputs of earlier steps of a sequence), so a
+    whole sequence is checked before its first step runs.
+    """
     method = METHODS.get(cfg.merge_method)
     if method is None:
         raise BranchmergeError(
             f"{source}: merge_method: '{cfg.merge_method}' is not a merge method ({_known(METHODS)})"
         )
-    inputs, base, reference, tokenizer_dir = _open_all(source, cfg, method)
+    inputs, base, reference, tokenizer_dir = _open_all(source, cfg, method, virtual or {})
 
     n_layers = reference.num_layers
     if n_layers is None:

@@ -26,6 +26,7 @@ from branchmerge.merge.methods.task_vector import (
     TASK_VECTOR_MODEL_PARAMS,
     TaskVectorSettings,
     apply_settings,
+    base_passthrough,
     task_vector_params,
 )
 
@@ -37,5 +38,6 @@ METHOD = MergeMethod(
     params=task_vector_params(normalize=False, rescale=True, seeded=True),
     model_params=TASK_VECTOR_MODEL_PARAMS,
     needs_base=True,
+    passthrough=base_passthrough,
     summary="DARE random drop + rescale, then TIES sign election",
 )

@@ -19,6 +19,7 @@ from branchmerge.merge.methods.task_vector import (
     TASK_VECTOR_MODEL_PARAMS,
     TaskVectorSettings,
     apply_settings,
+    base_passthrough,
     task_vector_params,
 )
 
@@ -30,5 +31,6 @@ METHOD = MergeMethod(
     params=task_vector_params(normalize=False, rescale=False),
     model_params=TASK_VECTOR_MODEL_PARAMS,
     needs_base=True,
+    passthrough=base_passthrough,
     summary="base + lambda * sum of weighted task vectors",
 )

@@ -164,6 +164,14 @@ TASK_VECTOR_MODEL_PARAMS = {
 }
 
 
+def base_passthrough(p: TensorParams) -> int | None:
+    """The base itself when no task vector can contribute: lambda = 0, or every weight or density is 0."""
+    others = [mp for i, mp in enumerate(p.model_params) if i != p.base]
+    if p.params["lambda"] == 0 or all(mp["weight"] == 0 or mp["density"] == 0 for mp in others):
+        return p.base
+    return None
+
+
 def apply_settings(
     thetas: Sequence[torch.Tensor], p: TensorParams, settings: TaskVectorSettings
 ) -> torch.Tensor:

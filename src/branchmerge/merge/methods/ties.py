@@ -26,6 +26,7 @@ from branchmerge.merge.methods.task_vector import (
     TASK_VECTOR_MODEL_PARAMS,
     TaskVectorSettings,
     apply_settings,
+    base_passthrough,
     task_vector_params,
 )
 
@@ -42,5 +43,6 @@ METHOD = MergeMethod(
     },
     model_params=TASK_VECTOR_MODEL_PARAMS,
     needs_base=True,
+    passthrough=base_passthrough,
     summary="TIES: trim task vectors by magnitude, elect signs, average the agreeing entries",
 )
