@@ -64,10 +64,19 @@ def folder_problem(path: Path) -> str | None:
 class Checkpoint:
     """A model folder's config and tensor headers. Create with `Checkpoint.open` after `folder_problem`."""
 
-    def __init__(self, path: Path, config: dict[str, Any], tensors: dict[str, TensorInfo]):
+    def __init__(
+        self,
+        path: Path,
+        config: dict[str, Any],
+        tensors: dict[str, TensorInfo],
+        tokenizer_dir: Path | None = None,
+    ):
         self.path = path
         self.config = config
         self.tensors = tensors
+        self.tokenizer_dir = (
+            tokenizer_dir  # for a stand-in of a future merge output: where its tokenizer comes from
+        )
 
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:

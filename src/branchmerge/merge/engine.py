@@ -13,6 +13,7 @@ several documents is a sequence of merges ((A & B) & C), see `sequence.py`.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import time
@@ -36,6 +37,7 @@ from branchmerge.merge.model_files import (
 )
 from branchmerge.merge.plan import MergePlan, TensorJob, build_plan
 from branchmerge.merge.sequence import plan_sequence
+from branchmerge.merge.vocab import align_rows, set_vocab_size
 from branchmerge.merge.writer import MAX_SHARD_BYTES, ShardWriter
 from branchmerge.records import atomic_dir
 
@@ -87,7 +89,7 @@ def _check_out_dir(out: Path, plan: MergePlan) -> None:
 
 
 def _read(reader: TensorReader, plan: MergePlan, job: TensorJob) -> list[torch.Tensor]:
-    if job.passthrough is not None:
+    if job.passthrough is not None and not job.vocab:
         return [reader.read(plan.inputs[job.passthrough], job.name)]
     return [reader.read(ckpt, job.name) for ckpt in plan.inputs]
 
@@ -101,6 +103,11 @@ def _compute(
     """
     if plan.work_dtype is not None:
         raw = [t.to(plan.work_dtype) for t in raw]
+    if job.vocab:
+        assert plan.vocab_index is not None
+        raw = align_rows(raw, plan.vocab_index, plan.base)
+        if job.passthrough is not None:
+            return raw[job.passthrough].to(job.out_dtype)
     if job.passthrough is not None:
         return raw[0].to(job.out_dtype)
     thetas = [t.to(device, non_blocking=True).float() for t in raw]
@@ -177,6 +184,8 @@ def _merge_one(
         with atomic_dir(out) as tmp:
             n_shards = _merge_tensors(plan, tmp, max_shard_bytes, show_progress, device)
             write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
+            if plan.vocab_index is not None:
+                set_vocab_size(tmp / "config.json", plan.vocab_index.shape[1])
             copy_support_files(plan.reference.path, plan.tokenizer_dir, tmp)
             hashes = {f: d.result() for f, d in digests.items()}
             write_model_card(tmp, cfg, hashes, len(plan.jobs), sequence)
@@ -221,15 +230,17 @@ def run_merge(
     configs = coerce_configs(config)
     out = Path(out_dir)
     dev = _device(device)
-    opts = {"show_progress": show_progress, "max_shard_bytes": max_shard_bytes, "device": dev}
+    merge_one = functools.partial(
+        _merge_one, show_progress=show_progress, max_shard_bytes=max_shard_bytes, device=dev
+    )
     if len(configs) == 1 and configs[0].name is None:
-        return _merge_one(build_plan(configs[0], configs[0].source), out, **opts)
+        return merge_one(build_plan(configs[0], configs[0].source), out)
 
     keep = intermediate_dir is not None
     out.parent.mkdir(parents=True, exist_ok=True)
     steps_dir = (
         Path(intermediate_dir)
-        if keep
+        if intermediate_dir is not None
         else Path(tempfile.mkdtemp(prefix=f".{out.name}.steps-", dir=out.parent))
     )
     try:
@@ -242,9 +253,9 @@ def run_merge(
                 and ((step_out / "merge_config.yaml").read_text(encoding="utf-8") == step.to_yaml())
             ):
                 continue  # finished by an earlier run with this very step
-            hashes |= _merge_one(build_plan(step, step.source), step_out, **opts).input_hashes
+            hashes |= merge_one(build_plan(step, step.source), step_out).input_hashes
         card = SequenceCard(seq.order, [c.to_yaml() for c in configs], hashes)
-        last = _merge_one(build_plan(seq.steps[-1], seq.steps[-1].source), out, **opts, sequence=card)
+        last = merge_one(build_plan(seq.steps[-1], seq.steps[-1].source), out, sequence=card)
     finally:
         if not keep:
             shutil.rmtree(steps_dir, ignore_errors=True)

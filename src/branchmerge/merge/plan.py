@@ -21,6 +21,7 @@ from branchmerge.merge.config import MergeConfig
 from branchmerge.merge.methods import METHODS, MergeMethod, TensorParams
 from branchmerge.merge.parameters import layer_index, layer_tau
 from branchmerge.merge.resolve import resolve_tensor
+from branchmerge.merge.vocab import is_vocab_tensor, load_vocab, token_sources
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
@@ -33,6 +34,7 @@ class TensorJob:
     out_dtype: torch.dtype
     params: TensorParams
     passthrough: int | None  # input whose tensor is copied as is; None = compute
+    vocab: bool = False  # rows are re-indexed to the tokenizer_source's vocabulary before merging
 
     @property
     def nbytes(self) -> int:
@@ -52,6 +54,7 @@ class MergePlan:
     tokenizer_dir: Path
     work_dtype: torch.dtype | None
     jobs: list[TensorJob]
+    vocab_index: torch.Tensor | None = None  # [inputs, output vocab] row of each input per token (vocab.py)
 
 
 def _fail(source: str, problems: list[str]) -> None:
@@ -138,8 +141,11 @@ def _tokenizer_dir(
     return path, []
 
 
-def _check_agreement(ckpts: list[tuple[str, Checkpoint]]) -> list[str]:
-    """Every checkpoint has the first one's tensor names and shapes; at most 5 shape lines are listed."""
+def check_agreement(ckpts: list[tuple[str, Checkpoint]], vocab_rows_may_differ: bool = False) -> list[str]:
+    """Every checkpoint has the first one's tensor names and shapes; at most 5 shape lines are listed.
+
+    With `vocab_rows_may_differ` (a tokenizer_source is set) embed_tokens / lm_head may differ in row count.
+    """
     (_, ref), problems, shape_lines = ckpts[0], [], []
     for field, other in ckpts[1:]:
         missing = [n for n in ref.tensors if n not in other.tensors]
@@ -154,11 +160,15 @@ def _check_agreement(ckpts: list[tuple[str, Checkpoint]]) -> list[str]:
             )
         for name, info in ref.tensors.items():
             o = other.tensors.get(name)
-            if o is not None and o.shape != info.shape:
-                shape_lines.append(
-                    f"{field}: tensor '{name}' has shape {list(o.shape)} in {other.path} "
-                    f"but {list(info.shape)} in {ref.path}"
-                )
+            if o is None or o.shape == info.shape:
+                continue
+            if vocab_rows_may_differ and is_vocab_tensor(name) and o.shape[1:] == info.shape[1:]:
+                continue
+            hint = "; set tokenizer_source to merge different vocabularies" if is_vocab_tensor(name) else ""
+            shape_lines.append(
+                f"{field}: tensor '{name}' has shape {list(o.shape)} in {other.path} "
+                f"but {list(info.shape)} in {ref.path}{hint}"
+            )
     if len(shape_lines) > 5:
         shape_lines = [*shape_lines[:5], f"... and {len(shape_lines) - 5} more tensors with different shapes"]
     return problems + shape_lines
@@ -185,7 +195,11 @@ def _open_all(
     ]
     _fail(source, problems + tok_problems)
     opened = {path: virtual.get(path) or Checkpoint.open(path) for _, path in folders}
-    _fail(source, _check_agreement([(field, opened[path]) for field, path in folders]))
+    agreement = check_agreement(
+        [(field, opened[path]) for field, path in folders],
+        vocab_rows_may_differ=cfg.tokenizer_source is not None,
+    )
+    _fail(source, agreement)
     return [opened[p] for _, p in inputs], base, opened[ref_path], tokenizer_dir
 
 
@@ -217,6 +231,9 @@ def build_plan(
     if n_layers is None:
         raise BranchmergeError(f"{source}: {reference.path / 'config.json'}: no num_hidden_layers")
     out_name = cfg.out_dtype or cfg.dtype
+    vocab_index = None
+    if cfg.tokenizer_source is not None:
+        vocab_index = _vocab_index(source, inputs, base, tokenizer_dir, virtual or {})
     settings = [(f"models[{i}].parameters", m.parameters) for i, m in enumerate(cfg.models)]
     settings += [("base_model", None)] * (len(inputs) - len(settings))
     problems: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -235,7 +252,31 @@ def build_plan(
             problems[key].append(name)
         passthrough = method.passthrough(params) if method.passthrough and not found else None
         out_dtype = DTYPES[out_name] if out_name else SAFETENSORS_DTYPES[info.dtype]
-        jobs.append(TensorJob(name, info.shape, out_dtype, params, passthrough))
+        shape, vocab = info.shape, vocab_index is not None and is_vocab_tensor(name)
+        if vocab:
+            assert vocab_index is not None
+            shape = (vocab_index.shape[1], *shape[1:])
+        jobs.append(TensorJob(name, shape, out_dtype, params, passthrough, vocab))
     _fail(source, _group(problems))
     work_dtype = DTYPES[cfg.dtype] if cfg.dtype else None
-    return MergePlan(cfg, method, inputs, base, reference, tokenizer_dir, work_dtype, jobs)
+    return MergePlan(cfg, method, inputs, base, reference, tokenizer_dir, work_dtype, jobs, vocab_index)
+
+
+def _vocab_index(
+    source: str,
+    inputs: list[Checkpoint],
+    base: int | None,
+    tokenizer_dir: Path,
+    virtual: Mapping[Path, Checkpoint],
+) -> torch.Tensor:
+    """Row of each input for each token of the tokenizer_source (a stand-in's tokenizer is its source's)."""
+
+    def folder(path: Path) -> Path:
+        stand_in = virtual.get(path)
+        return stand_in.tokenizer_dir if stand_in is not None and stand_in.tokenizer_dir else path
+
+    try:
+        out_vocab = load_vocab(folder(tokenizer_dir))
+        return token_sources(out_vocab, [load_vocab(folder(c.path)) for c in inputs], base)
+    except BranchmergeError as e:
+        raise BranchmergeError(f"{source}: tokenizer_source: {e}") from None

@@ -80,7 +80,7 @@ def output_checkpoint(plan: MergePlan, out: Path) -> Checkpoint:
         job.name: TensorInfo(job.shape, safetensors_dtype_name(job.out_dtype), out / SINGLE_FILE)
         for job in plan.jobs
     }
-    return Checkpoint(out, dict(plan.reference.config), tensors)
+    return Checkpoint(out, dict(plan.reference.config), tensors, tokenizer_dir=plan.tokenizer_dir)
 
 
 def plan_sequence(configs: Sequence[MergeConfig], out_dir: Path, intermediate_dir: Path) -> SequencePlan:
@@ -98,7 +98,11 @@ def plan_sequence(configs: Sequence[MergeConfig], out_dir: Path, intermediate_di
     if problems:
         raise BranchmergeError("\n".join(problems))
 
-    steps, outputs, plans, exprs, virtual = [], [], [], {}, {}
+    steps: list[MergeConfig] = []
+    outputs: list[Path] = []
+    plans: list[MergePlan] = []
+    exprs: dict[str, str] = {}
+    virtual: dict[Path, Checkpoint] = {}
     done: dict[str, Path] = {}
     for i, cfg in enumerate(configs):
         last = i == len(configs) - 1
