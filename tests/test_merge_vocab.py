@@ -97,3 +97,53 @@ def test_align_rows_fills_missing_tokens_as_mergekit_does():
     # x, y: each model's own row (model 1 permuted); z: models 1 and 2 have it, the base does not -> their mean
     # for the base; w: nobody has it -> zeros everywhere
     assert [r.flatten().tolist() for r in got] == [[1, 2, 18.5, 0], [10, 20, 30, 0], [5, 6, 7, 0]]
+
+
+# ---- pickled .bin inputs -----------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs `touch MARKER` — what weights_only=True must refuse to do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _as_bin(src: Path, dst: Path, extra: object = None) -> Path:
+    import shutil
+
+    dst.mkdir()
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / f, dst / f)
+    state = weights(src)
+    if extra is not None:
+        state["evil"] = extra  # type: ignore[assignment]
+    torch.save(state, dst / "pytorch_model.bin")
+    return dst
+
+
+def test_bin_checkpoints_merge_like_their_safetensors_twin(tmp_path, two_vocabs):
+    a, b = two_vocabs
+    a_bin = _as_bin(a, tmp_path / "a-bin")
+    base = {"tokenizer_source": str(a)}
+    run_merge(cfg(a, b, **base), tmp_path / "st", show_progress=False)
+    run_merge(cfg(a_bin, b, **base), tmp_path / "bin", show_progress=False)
+    got, want = weights(tmp_path / "bin"), weights(tmp_path / "st")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_pickle_that_runs_code_is_refused_not_executed(tmp_path, two_vocabs):
+    a, b = two_vocabs
+    marker = tmp_path / "pwned"
+    evil = _as_bin(a, tmp_path / "evil", extra=_Payload(marker))
+    with pytest.raises(
+        BranchmergeError, match=r"evil/pytorch_model.bin: refused or unreadable with weights_only=True"
+    ):
+        run_merge(cfg(evil, b, tokenizer_source=str(a)), tmp_path / "out", show_progress=False)
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
-"""Reading model folders: config.json plus safetensors weights, one file or shards with an index.
+"""Reading model folders: config.json plus safetensors weights (one file or shards with an index), or PyTorch
+`.bin` weights loaded memory-mapped with `weights_only=True`.
 
 `Checkpoint.open` reads only headers (names, shapes, dtypes), which is all the validation needs;
 `TensorReader` reads one tensor at a time, so a merge holds one tensor per model in memory, never a model.
@@ -20,6 +21,8 @@ from branchmerge.errors import BranchmergeError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+BIN_FILE = "pytorch_model.bin"
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"
 
 # safetensors header dtype names -> torch dtypes (the float ones a merge can compute with).
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -32,6 +35,11 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 
 def safetensors_dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, d in SAFETENSORS_DTYPES.items() if d == dtype)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of a float dtype, else torch's own name (the plan reports it as unmergeable)."""
+    return next((name for name, d in SAFETENSORS_DTYPES.items() if d == dtype), str(dtype))
 
 
 @dataclass(frozen=True)
@@ -49,16 +57,32 @@ def folder_problem(path: Path) -> str | None:
         return "has no config.json"
     if (path / SINGLE_FILE).is_file():
         return None
-    if (path / INDEX_FILE).is_file():
-        try:
-            weight_map = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
-        except (ValueError, KeyError, TypeError):
-            return f"{INDEX_FILE} is not a valid index (needs a 'weight_map')"
-        missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
-        return f"shard listed in {INDEX_FILE} is missing: {missing[0]}" if missing else None
-    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
-        return "has only PyTorch .bin weights; only safetensors are supported (convert with save_pretrained)"
-    return f"has no {SINGLE_FILE} or {INDEX_FILE}"
+    for index_file in (INDEX_FILE, BIN_INDEX_FILE):
+        if (path / index_file).is_file():
+            try:
+                weight_map = json.loads((path / index_file).read_text(encoding="utf-8"))["weight_map"]
+            except (ValueError, KeyError, TypeError):
+                return f"{index_file} is not a valid index (needs a 'weight_map')"
+            missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
+            return f"shard listed in {index_file} is missing: {missing[0]}" if missing else None
+    if (path / BIN_FILE).is_file():
+        return None
+    return f"has no {SINGLE_FILE}, {INDEX_FILE}, {BIN_FILE} or {BIN_INDEX_FILE}"
+
+
+def load_pickled(file: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch .bin state dict, memory-mapped, with `weights_only=True`: tensors and plain containers only, so
+    a pickle that would run code is refused instead of executed."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # UnpicklingError for unsafe content, RuntimeError for legacy or corrupt files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BranchmergeError(
+            f"{file}: refused or unreadable with weights_only=True ({first}); convert it to safetensors"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BranchmergeError(f"{file}: not a state dict of tensors")
+    return state
 
 
 class Checkpoint:
@@ -87,11 +111,20 @@ class Checkpoint:
             raise BranchmergeError(f"{path / 'config.json'}: not valid JSON ({e})") from None
         if (path / SINGLE_FILE).is_file():
             files = {path / SINGLE_FILE: None}
-        else:
+        elif (path / INDEX_FILE).is_file():
             weight_map = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
             files = {path / f: None for f in weight_map.values()}  # ordered, deduplicated
+        elif (path / BIN_INDEX_FILE).is_file():
+            weight_map = json.loads((path / BIN_INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
+            files = {path / f: None for f in weight_map.values()}
+        else:
+            files = {path / BIN_FILE: None}
         tensors: dict[str, TensorInfo] = {}
         for file in files:
+            if file.suffix == ".bin":
+                for name, t in load_pickled(file).items():
+                    tensors[name] = TensorInfo(tuple(t.shape), _dtype_name(t.dtype), file)
+                continue
             try:
                 with safe_open(file, framework="pt") as f:
                     for name in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
@@ -128,8 +161,13 @@ class TensorReader:
         file = ckpt.tensors[name].file
         handle = self._handles.get(file)
         if handle is None:
-            handle = self._stack.enter_context(safe_open(file, framework="pt"))
+            if file.suffix == ".bin":
+                handle = load_pickled(file)  # memory-mapped: tensors are paged in as they are used
+            else:
+                handle = self._stack.enter_context(safe_open(file, framework="pt"))
             self._handles[file] = handle
+        if isinstance(handle, dict):
+            return handle[name].clone()
         return handle.get_tensor(name)
 
     def __enter__(self) -> TensorReader:
