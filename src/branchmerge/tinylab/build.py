@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -90,7 +91,7 @@ def assistant_content(problem: Problem) -> str:
 
 def encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> Example:
     """Tokenize a chat; labels keep only the tokens the template marks as generated (content + <|im_end|>)."""
-    enc = tokenizer.apply_chat_template(
+    enc: Any = tokenizer.apply_chat_template(
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     ids = list(enc["input_ids"])
