@@ -11,9 +11,11 @@ reported by a small launcher (so it is that run's own), tools interleaved within
   - ours:      branchmerge.merge.run_merge(config, out, show_progress=False);
   - mergekit:  mergekit-yaml config out --no-copy-tokenizer --quiet --lazy-unpickle.
 Methods: slerp (9-point layer gradient for t, as the two-teacher recipe) and ties (density 0.5). Wall is the
-median over repeats, RSS the maximum; "start" is each tool's start-up alone (imports, CLI), part of its wall. Ours and mergekit's outputs are compared (bf16 ulps, see _compare.py)
-so a speed-up never hides a wrong answer. Ratios: "vs mergekit" = mergekit wall / this wall (speed-up);
-"vs io" = this wall / io wall (1.0 = as fast as merely reading and writing).
+median over repeats, RSS the maximum; "start" is each tool's start-up alone (imports, CLI), part of its wall.
+Ours and mergekit's outputs are compared (bf16 ulps, see _compare.py) so a speed-up never hides a wrong
+answer. Ratios: "vs mergekit" = mergekit wall / this wall (speed-up); "vs io" = this wall / io wall (1.0 = as
+fast as merely reading and writing). The 1-minute load average is printed and saved: on a shared 2-core
+machine compute-bound runs (TIES) vary several-fold with other work.
 """
 
 from __future__ import annotations
@@ -204,8 +206,8 @@ def bench_shape(
     return rows
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
+def _fmt(x: float | None, spec: str, unit: str = "") -> str:
+    return "-" if x is None else format(x, spec) + unit
 
 
 def print_table(rows: list[Row]) -> None:
@@ -217,7 +219,7 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         print(
             f"{r.shape:6} {r.method:6} {r.tool:9} {r.wall_s:8.2f} {r.start_s:7.2f} {r.peak_rss_mb:8.0f} "
-            f"{_fmt(r.vs_mergekit, '.2f') + 'x':>11} {_fmt(r.vs_io, '.2f') + 'x':>6} "
+            f"{_fmt(r.vs_mergekit, '.2f', 'x'):>11} {_fmt(r.vs_io, '.2f', 'x'):>6} "
             f"{_fmt(r.max_ulp_bf16, 'g'):>5} {_fmt(r.n_over_1ulp, 'd'):>7}"
         )
     print(

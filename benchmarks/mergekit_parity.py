@@ -58,7 +58,8 @@ class Row:
     config: str
     variant: str
     dtype: str
-    status: str  # ok / FAIL / bf16-math / skip / error
+    status: str  # ok / FAIL / skip / error, or known: bf16-math / tie-order / tie-order+bf16-math
+    same_layout: bool = True  # same tensor names and shapes
     tensors: int = 0
     max_ulp_bf16: float = 0.0
     n_over_1ulp: int = 0
@@ -71,12 +72,20 @@ class Row:
         return cls(case.method, case.ours_method, case.config, case.variant, case.dtype, status, note=note)
 
 
+def mergekit_python(mergekit: str) -> str:
+    """The interpreter of mergekit's environment: the console script's shebang, else the python beside it."""
+    first = Path(mergekit).read_bytes()[:400].split(b"\n", 1)[0].decode(errors="replace")
+    if first.startswith("#!") and "python" in first and " " not in first[2:].strip():
+        return first[2:].strip()
+    return str(Path(mergekit).parent / "python")
+
+
 def run_mergekit(jobs: list[dict], mergekit: str, cli: bool, log: Path) -> None:
     """Each job {"config", "out", "seed"}; failures leave `<out>.error`."""
     if not cli:
         jobs_file = log.with_suffix(".json")
         jobs_file.write_text(json.dumps(jobs))
-        python = str(Path(mergekit).parent / "python")
+        python = mergekit_python(mergekit)
         with open(log, "w") as out:
             subprocess.run([python, str(HERE / "_mergekit_batch.py"), str(jobs_file)], stdout=out, stderr=out)
         return
@@ -119,6 +128,7 @@ def compare_row(case: Case, ours: Path, mk: Path) -> Row:
     if diff.dtypes:  # values are still compared, in ours' dtype
         notes.append(f"dtype differs in {len(diff.dtypes)} tensors, e.g. {diff.dtypes[0]} (ours vs mergekit)")
     row.note = " | ".join(notes)
+    row.same_layout = not layout
     if layout or row.max_ulp_bf16 > 1:
         row.status = "FAIL"
     return row
@@ -132,11 +142,17 @@ def mark_known(rows: list[Row]) -> None:
     by = {(r.method, r.config, r.variant, r.dtype): r for r in rows}
     for r in rows:
         twin = by.get((r.method, r.config, r.variant, "fp32-math"))
-        if r.dtype == "bf16" and r.status == "FAIL" and twin is not None and twin.status == "ok":
+        if (
+            r.dtype == "bf16"
+            and r.status == "FAIL"
+            and r.same_layout
+            and twin is not None
+            and twin.status == "ok"
+        ):
             r.status = "bf16-math"
     for r in rows:
         twin = by.get((r.method, f"{r.config}/argsort_ties", r.variant, r.dtype))
-        if r.status == "FAIL" and twin is not None and twin.status in ("ok", "bf16-math"):
+        if r.status == "FAIL" and r.same_layout and twin is not None and twin.status in ("ok", "bf16-math"):
             r.status = "tie-order" + ("+bf16-math" if twin.status == "bf16-math" else "")
 
 
