@@ -119,8 +119,7 @@ def _read_ahead(
 ) -> Iterator[list[torch.Tensor]]:
     """Inputs of each job in order, keeping up to READ_AHEAD jobs loading in the background."""
     pending: list[Future[list[torch.Tensor]]] = []
-    jobs = iter(plan.jobs)
-    for job in jobs:
+    for job in plan.jobs:
         pending.append(pool.submit(_read, reader, plan, job))
         if len(pending) > READ_AHEAD:
             yield pending.pop(0).result()

@@ -36,13 +36,6 @@ class TensorJob:
     passthrough: int | None  # input whose tensor is copied as is; None = compute
     vocab: bool = False  # rows are re-indexed to the tokenizer_source's vocabulary before merging
 
-    @property
-    def nbytes(self) -> int:
-        numel = 1
-        for d in self.shape:
-            numel *= d
-        return numel * self.out_dtype.itemsize
-
 
 @dataclass(frozen=True)
 class MergePlan:
