@@ -1,7 +1,7 @@
 """The streaming merge: validate everything, then read -> merge -> write one tensor at a time, in three threads.
 
 A reader thread loads the inputs of the next tensors (a bounded queue, so memory stays a few tensors), the
-calling thread merges (on `device`, in fp32), and a writer thread appends each result to its safetensors shard
+calling thread merges (on `device`, in fp32, a chunk at a time: `methods/chunks.py`), and a writer thread appends each result to its safetensors shard
 as soon as it is ready (`writer.py`). A fourth thread hashes the input files for the model card meanwhile.
 Tensors whose output is exactly one input (SLERP at t = 0 or 1, say) are read from that input only and written
 byte for byte. Memory is a few tensors per input model, never a whole model, so a 70B merge fits where a layer
@@ -110,7 +110,7 @@ def _compute(
             return raw[job.passthrough].to(job.out_dtype)
     if job.passthrough is not None:
         return raw[0].to(job.out_dtype)
-    thetas = [t.to(device, non_blocking=True).float() for t in raw]
+    thetas = [t.to(device, non_blocking=True) for t in raw]  # widened to fp32 by the method, chunk by chunk
     return plan.method.apply(thetas, job.params).to(job.out_dtype).to("cpu")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -245,6 +245,7 @@ def build_plan(
             problems[key].append(name)
         passthrough = method.passthrough(params) if method.passthrough and not found else None
         out_dtype = DTYPES[out_name] if out_name else SAFETENSORS_DTYPES[info.dtype]
+        params = replace(params, out_dtype=out_dtype)
         shape, vocab = info.shape, vocab_index is not None and is_vocab_tensor(name)
         if vocab:
             assert vocab_index is not None

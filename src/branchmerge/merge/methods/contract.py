@@ -36,14 +36,16 @@ class TensorParams:
     params: Mapping[str, ParamValue]
     model_params: Sequence[Mapping[str, ParamValue]]
     tensor: str = ""  # the output tensor's name: seeds random methods (DARE) per tensor, whatever the order
+    out_dtype: torch.dtype = torch.float32  # the dtype it is saved in: a method may return it directly
 
 
 @dataclass(frozen=True)
 class MergeMethod:
     """A registered merge method.
 
-    apply: fp32 input tensors (in input order) and the tensor's parameters -> merged fp32 tensor. It must not
-        modify its inputs.
+    apply: input tensors (in input order, in the working dtype: bf16 as stored, or the config's `dtype`) and the
+        tensor's parameters -> the merged tensor, computed in fp32 (at least) and returned in fp32 or directly
+        in `params.out_dtype` (chunked methods do, see `chunks.py`). It must not modify its inputs.
     params / model_params: global and per-model parameter specs. A per-model parameter may also be given under
         the top-level `parameters`, as a default for every model (as in mergekit).
     needs_base: the base_model is an input (appended if not listed) and gets no per-model parameters.

@@ -17,22 +17,33 @@ from collections.abc import Sequence
 
 import torch
 
+from branchmerge.merge.methods.chunks import map_chunks
 from branchmerge.merge.methods.contract import MergeMethod, ParamSpec, TensorParams
 
 
-def linear(thetas: Sequence[torch.Tensor], w: Sequence[float], normalize: bool = True) -> torch.Tensor:
-    """Eq. (1)/(2), accumulated in fp32 one model at a time."""
-    theta = torch.zeros_like(thetas[0], dtype=torch.float32)
-    for theta_i, w_i in zip(thetas, w, strict=True):
-        theta.add_(theta_i.float(), alpha=w_i)
-    if normalize:
-        theta /= sum(w)
-    return theta
+def linear(
+    thetas: Sequence[torch.Tensor],
+    w: Sequence[float],
+    normalize: bool = True,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Eq. (1)/(2), accumulated in fp32 one model at a time, chunk by chunk (`chunks.py`)."""
+    total = sum(w)
+
+    def average(sl: slice, chunk: list[torch.Tensor]) -> torch.Tensor:
+        theta = torch.zeros_like(chunk[0])
+        for theta_i, w_i in zip(chunk, w, strict=True):
+            theta.add_(theta_i, alpha=w_i)
+        if normalize:
+            theta /= total
+        return theta
+
+    return map_chunks(thetas, average, out_dtype)
 
 
 def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor:
     w = [float(mp["weight"]) for mp in p.model_params]
-    return linear(thetas, w, bool(p.params["normalize"]))
+    return linear(thetas, w, bool(p.params["normalize"]), p.out_dtype)
 
 
 def _check(p: TensorParams) -> str | None:

@@ -22,34 +22,37 @@ from collections.abc import Sequence
 
 import torch
 
+from branchmerge.merge.methods.chunks import gram, map_chunks
 from branchmerge.merge.methods.contract import MergeMethod, ParamSpec, TensorParams
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
 
 
-def slerp(t: float, theta_0: torch.Tensor, theta_1: torch.Tensor) -> torch.Tensor:
-    """Eq. (2) in fp32, with the lerp fallback for nearly parallel tensors."""
-    theta_0, theta_1 = theta_0.float(), theta_1.float()
-    norm_0 = float(torch.linalg.vector_norm(theta_0))
-    norm_1 = float(torch.linalg.vector_norm(theta_1))
+def slerp(
+    t: float, theta_0: torch.Tensor, theta_1: torch.Tensor, out_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Eq. (2) in fp32 chunk by chunk (`chunks.py`; norms and dot summed in fp64), with the lerp fallback for
+    nearly parallel tensors."""
+    squared_0, squared_1, dot = gram(theta_0, theta_1)
+    norm_0, norm_1 = math.sqrt(squared_0), math.sqrt(squared_1)
     # <theta_0/|theta_0|, theta_1/|theta_1|> without materialising the normalised copies.
-    dot = float(torch.dot(theta_0.flatten(), theta_1.flatten()))
-    dot /= (norm_0 if norm_0 > EPS else 1.0) * (norm_1 if norm_1 > EPS else 1.0)
-    dot = min(1.0, max(-1.0, dot))
-    if abs(dot) > DOT_THRESHOLD:
-        return theta_0 * (1 - t) + theta_1 * t
-    omega = math.acos(dot)  # (1)
-    sin_omega = math.sin(omega)
-    s_0 = math.sin((1 - t) * omega) / sin_omega  # (2)
-    s_1 = math.sin(t * omega) / sin_omega
-    return theta_0 * s_0 + theta_1 * s_1
+    cos = dot / ((norm_0 if norm_0 > EPS else 1.0) * (norm_1 if norm_1 > EPS else 1.0))
+    cos = min(1.0, max(-1.0, cos))
+    if abs(cos) > DOT_THRESHOLD:
+        s_0, s_1 = 1 - t, t
+    else:
+        omega = math.acos(cos)  # (1)
+        sin_omega = math.sin(omega)
+        s_0 = math.sin((1 - t) * omega) / sin_omega  # (2)
+        s_1 = math.sin(t * omega) / sin_omega
+    return map_chunks([theta_0, theta_1], lambda sl, c: c[0] * s_0 + c[1] * s_1, out_dtype)
 
 
 def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor:
     assert p.base is not None
     other = 1 - p.base
-    return slerp(float(p.params["t"]), thetas[p.base], thetas[other])
+    return slerp(float(p.params["t"]), thetas[p.base], thetas[other], p.out_dtype)
 
 
 def _passthrough(p: TensorParams) -> int | None:

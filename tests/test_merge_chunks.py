@@ -1,0 +1,105 @@
+"""Chunked merge math (`methods/chunks.py`): many small chunks give the same bits as one chunk, the sampled
+bracket of TIES's k-th largest magnitude is exact (including its fallback), and outputs come in the saved dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from branchmerge.merge.methods import METHODS, TensorParams, chunks, task_vector
+from branchmerge.merge.methods.task_vector import drop_random, keep_top_magnitude, top_k
+
+
+def _rand(*shape, seed, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def _params(method: str, weights, densities=None, out_dtype=torch.float32, **glob) -> TensorParams:
+    spec = METHODS[method]
+    params = {k: s.default for k, s in spec.params.items()} | glob
+    per_model = [{"weight": w, "density": d} for w, d in zip(weights, densities or [1.0] * len(weights))]
+    return TensorParams(
+        base=0, params=params, model_params=[{}, *per_model], tensor="t", out_dtype=out_dtype
+    )
+
+
+CASES = [
+    ("ties", _params("ties", [1.0, 0.6], [0.3, 0.7])),
+    ("ties", _params("ties", [1.0, 0.6], [0.3, 0.7], rescale=True)),
+    ("ties", _params("ties", [1.0, 0.6], [0.5, 0.5], argsort_ties=True)),
+    ("task_arithmetic", _params("task_arithmetic", [0.7, -0.2], **{"lambda": 0.5})),
+    ("linear", TensorParams(base=None, params={"normalize": True}, model_params=[{"weight": 2.0}] * 3)),
+    ("slerp", TensorParams(base=0, params={"t": 0.3}, model_params=[{}, {}])),
+]
+
+
+@pytest.mark.parametrize(("method", "p"), CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
+def test_many_chunks_give_the_bits_of_one(monkeypatch, method, p):
+    # bf16 inputs: their deltas have many equal magnitudes, so TIES ties straddle chunk boundaries
+    n_inputs = 2 if method == "slerp" else 3
+    thetas = [_rand(64, 33, seed=s, dtype=torch.bfloat16) for s in range(n_inputs)]
+    one = METHODS[method].apply(thetas, p)
+    monkeypatch.setattr(chunks, "CHUNK", 100)
+    monkeypatch.setattr(task_vector, "SAMPLE", 256)  # so the bracket is narrow enough to be tested
+    many = METHODS[method].apply(thetas, p)
+    assert one.dtype == many.dtype == torch.float32
+    assert torch.equal(one, many)
+
+
+@pytest.mark.parametrize("density", [0.001, 0.1, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("values", ["distinct", "bf16", "few"])
+def test_top_k_threshold_is_the_kth_largest_of_a_sort(monkeypatch, density, values):
+    monkeypatch.setattr(chunks, "CHUNK", 500)
+    monkeypatch.setattr(task_vector, "SAMPLE", 512)
+    x = _rand(20_000, seed=3).abs()
+    if values == "bf16":
+        x = x.bfloat16().float()
+    elif values == "few":  # four distinct magnitudes: the bracket is one value with thousands of ties
+        x = torch.randint(0, 4, (20_000,), generator=torch.Generator().manual_seed(1)).float()
+    n, k = x.numel(), max(1, int(density * x.numel()))
+    rule = top_k(lambda index: x[index], n, k, l1=True)
+    ordered = x.sort(descending=True).values
+    assert float(rule.threshold) == float(ordered[k - 1])
+    assert rule.ties == k - int((x > rule.threshold).sum())
+    assert rule.n_equal == int((x == rule.threshold).sum())
+    assert rule.kept_l1 == pytest.approx(float(ordered[:k].double().sum()), rel=1e-12)
+    assert rule.l1 == pytest.approx(float(x.double().sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("bracket", [(0.0, 0.1), (3.0, float("inf"))], ids=["too-low", "too-high"])
+def test_top_k_falls_back_to_all_magnitudes_when_the_sample_misses(monkeypatch, bracket):
+    monkeypatch.setattr(chunks, "CHUNK", 500)
+    monkeypatch.setattr(task_vector, "_bracket", lambda magnitude, n, k: bracket)
+    x = _rand(5000, seed=5).abs()
+    rule = top_k(lambda index: x[index], x.numel(), 1000, l1=True)
+    assert float(rule.threshold) == float(x.sort(descending=True).values[999])
+    assert rule.kept_l1 == pytest.approx(float(x.sort(descending=True).values[:1000].double().sum()))
+
+
+def test_trim_across_chunks_keeps_tied_entries_in_index_order(monkeypatch):
+    monkeypatch.setattr(chunks, "CHUNK", 3)
+    delta = torch.tensor([1.0, -3.0, 2.0, -2.0, 2.0, 0.5, 2.0, -1.0, 2.0])  # five |2| around k = 4
+    assert keep_top_magnitude(delta, 4 / 9).tolist() == [0, -3, 2, -2, 2, 0, 0, 0, 0]
+
+
+def test_dare_mask_depends_on_position_not_on_the_callers_chunking(monkeypatch):
+    monkeypatch.setattr(chunks, "CHUNK", 1000)
+    delta = _rand(5000, seed=4)
+    whole = drop_random(delta, 0.4, seed=9)
+    halves = torch.cat([drop_random(delta[:2000], 0.4, seed=9), delta[2000:] * 0])
+    assert torch.equal(whole[:2000], halves[:2000])  # the first two chunks alone: the same mask
+    assert abs(float((whole != 0).float().mean()) - 0.4) < 0.03
+
+
+@pytest.mark.parametrize("method", ["ties", "slerp", "linear"])
+def test_output_comes_in_the_saved_dtype_rounded_like_a_cast(method):
+    thetas = [_rand(40, 30, seed=s, dtype=torch.bfloat16) for s in range(3 if method != "slerp" else 2)]
+    p32 = {
+        "ties": _params("ties", [1.0, 0.5], [0.5, 0.5]),
+        "slerp": TensorParams(base=0, params={"t": 0.4}, model_params=[{}, {}]),
+        "linear": TensorParams(base=None, params={"normalize": True}, model_params=[{"weight": 1.0}] * 3),
+    }[method]
+    p16 = TensorParams(p32.base, p32.params, p32.model_params, p32.tensor, out_dtype=torch.bfloat16)
+    fp32, bf16 = METHODS[method].apply(thetas, p32), METHODS[method].apply(thetas, p16)
+    assert bf16.dtype == torch.bfloat16
+    assert torch.equal(bf16, fp32.bfloat16())
