@@ -36,7 +36,9 @@ def timed(cmd: list[str], log: Path) -> tuple[float, float]:
 
 
 def warm_cache(dirs: list[Path]) -> float:
-    """Read every input weight file once; returns GB read."""
+    """Flush the freshly written checkpoints to disk (so no tool competes with their write-back), then read
+    every input weight file once; returns GB read."""
+    os.sync()
     total = 0
     for d in dirs:
         for f in weight_files(d):

@@ -103,3 +103,24 @@ def test_output_comes_in_the_saved_dtype_rounded_like_a_cast(method):
     fp32, bf16 = METHODS[method].apply(thetas, p32), METHODS[method].apply(thetas, p16)
     assert bf16.dtype == torch.bfloat16
     assert torch.equal(bf16, fp32.bfloat16())
+
+
+def test_reader_returns_the_stored_tensors_and_names_a_truncated_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from branchmerge.errors import BranchmergeError
+    from branchmerge.merge.checkpoint import Checkpoint, TensorReader
+
+    tensors = {"a": _rand(5, 3, seed=1, dtype=torch.bfloat16), "b": _rand(7, seed=2), "empty": torch.zeros(0, 4)}
+    (tmp_path / "config.json").write_text("{}")
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    ckpt = Checkpoint.open(tmp_path)
+    with TensorReader() as reader:
+        for name, want in tensors.items():
+            got = reader.read(ckpt, name)
+            assert got.dtype == want.dtype and torch.equal(got, want)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:-10])  # cut into the last tensor's bytes
+    with TensorReader() as reader, pytest.raises(BranchmergeError, match="model.safetensors.*truncated"):
+        for name in tensors:
+            reader.read(ckpt, name)

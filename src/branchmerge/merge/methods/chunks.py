@@ -31,6 +31,15 @@ def flat(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t.reshape(-1) for t in tensors]
 
 
+def widen_small(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """fp32 copies of tensors of at most 4 chunks (16 MB in fp32), so methods that pass over their inputs
+    more than once (SLERP's norms, TIES's threshold) widen them once; larger tensors are left as they are
+    and widened chunk by chunk on each pass. `.float()` of an fp32 tensor is the tensor itself."""
+    if tensors and tensors[0].numel() <= 4 * CHUNK:
+        return [t.float() for t in tensors]
+    return list(tensors)
+
+
 def map_chunks(
     thetas: Sequence[torch.Tensor],
     fn: Callable[[slice, list[torch.Tensor]], torch.Tensor],

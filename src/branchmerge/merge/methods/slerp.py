@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from branchmerge.merge.methods.chunks import gram, map_chunks
+from branchmerge.merge.methods.chunks import gram, map_chunks, widen_small
 from branchmerge.merge.methods.contract import MergeMethod, ParamSpec, TensorParams
 
 DOT_THRESHOLD = 0.9995
@@ -34,6 +34,7 @@ def slerp(
 ) -> torch.Tensor:
     """Eq. (2) in fp32 chunk by chunk (`chunks.py`; norms and dot summed in fp64), with the lerp fallback for
     nearly parallel tensors."""
+    theta_0, theta_1 = widen_small([theta_0, theta_1])
     squared_0, squared_1, dot = gram(theta_0, theta_1)
     norm_0, norm_1 = math.sqrt(squared_0), math.sqrt(squared_1)
     # <theta_0/|theta_0|, theta_1/|theta_1|> without materialising the normalised copies.

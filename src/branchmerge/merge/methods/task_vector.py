@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 
 from branchmerge.merge.methods import chunks
-from branchmerge.merge.methods.chunks import chunk_slices, flat, map_chunks
+from branchmerge.merge.methods.chunks import chunk_slices, flat, map_chunks, widen_small
 from branchmerge.merge.methods.contract import ParamSpec, TensorParams
 
 RESCALE_EPS = 1e-7
@@ -264,6 +264,7 @@ def task_vector_merge(
 ) -> torch.Tensor:
     """theta = theta_base + lambda * merged task vector, math in fp32 chunk by chunk (`chunks.py`), written in
     `out_dtype`. `seeds[t]` drives model t's DARE mask. Inputs may be in any float dtype."""
+    theta_base, *thetas = widen_small([theta_base, *thetas])
     base, others = theta_base.reshape(-1), flat(thetas)
     n = base.numel()
 
