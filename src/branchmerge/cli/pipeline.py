@@ -35,53 +35,6 @@ def serve(
     run_server(model, host=host, port=port, max_batch=max_batch)
 
 
-@command("generate")
-def generate(
-    problems: Annotated[Path, typer.Argument(help="Problems JSONL.")],
-    out: Annotated[Path, typer.Option("--out", help="Traces JSONL (appended; reruns skip done keys).")],
-    base_url: Annotated[
-        str, typer.Option("--base-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    ],
-    model: Annotated[str, typer.Option("--model", help="Model name sent to the endpoint.")],
-    teacher: Annotated[
-        str | None, typer.Option("--teacher", help="Teacher name in the traces (default: model).")
-    ] = None,
-    api_key_env: Annotated[
-        str | None, typer.Option("--api-key-env", help="Environment variable with the API key.")
-    ] = None,
-    n: Annotated[int, typer.Option("--n", help="Samples per problem per temperature.")] = 1,
-    temperature: Annotated[list[float] | None, typer.Option("--temperature", help="Repeatable.")] = None,
-    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
-    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 4096,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight.")] = 8,
-) -> None:
-    """Ask a teacher for reasoning traces: each problem n times at each temperature.
-
-    Example: branchmerge generate problems.jsonl --out traces.jsonl --base-url http://127.0.0.1:8000/v1 --model teacher --temperature 0.6 --temperature 1.0
-    """
-    from branchmerge.teachers.client import TeacherConfig, generate_traces
-
-    cfg = TeacherConfig(
-        name=teacher or model,
-        base_url=base_url,
-        model=model,
-        api_key_env=api_key_env,
-        max_concurrency=concurrency,
-    )
-    s = generate_traces(
-        list(_problems(problems).values()),
-        cfg,
-        out,
-        n=n,
-        temperatures=tuple(temperature or [0.6]),
-        top_p=top_p,
-        max_tokens=max_tokens,
-        seed=seed,
-    )
-    console.print(s)
-
-
 @command("process")
 def process(
     step: Annotated[str, typer.Argument(help="Processor: verify.")],

@@ -18,18 +18,27 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.records import Problem, Trace, append_jsonl, read_jsonl
+from branchmerge.records import Problem, Trace, append_jsonl, read_jsonl, write_jsonl
+from branchmerge.teachers.pool import EndpointPool
 from branchmerge.teachers.thinking import split_reasoning
 
 # Body fields the client sets itself; letting `extra_body` override them would break sample keys or records.
@@ -43,21 +52,45 @@ class TeacherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str  # the `teacher` field of every Trace; part of the key
-    base_url: str  # e.g. "http://127.0.0.1:8000/v1"
+    base_url: (
+        str | list[str]
+    )  # e.g. "http://127.0.0.1:8000/v1", or several servers of the same model (a pool)
     model: str
     api_key_env: str | None = None  # name of the environment variable holding the key, never the key itself
-    max_concurrency: int = Field(8, ge=1)
+    max_concurrency: int = Field(8, ge=1)  # requests in flight per endpoint
+    requests_per_min: float | None = Field(None, gt=0)  # for the whole teacher (providers meter per key)
+    tokens_per_min: float | None = Field(None, gt=0)  # prompt + completion tokens
     timeout_s: float = Field(120, gt=0)
     max_retries: int = Field(4, ge=0)
     backoff_s: float = Field(1.0, ge=0)  # first retry waits about this long, doubling each time
+    pause_after: int = Field(5, ge=1)  # an endpoint failing this many requests in a row is paused ...
+    pause_s: float = Field(30, gt=0)  # ... for this long, then tried again
+    price_prompt: float | None = Field(None, ge=0)  # USD per million prompt tokens, for cost estimates
+    price_completion: float | None = Field(None, ge=0)  # USD per million completion tokens
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"'{v}' is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+    def _http_url(cls, v: str | list[str]) -> str | list[str]:
+        urls = [v] if isinstance(v, str) else v
+        if not urls:
+            raise ValueError("give at least one URL")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"'{url}' is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
         return v
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float | None:
+        """USD for these tokens at the configured prices; None when no price is given."""
+        if self.price_prompt is None and self.price_completion is None:
+            return None
+        return (
+            prompt_tokens * (self.price_prompt or 0) + completion_tokens * (self.price_completion or 0)
+        ) / 1e6
 
     @field_validator("extra_body")
     @classmethod
@@ -79,18 +112,53 @@ class TeacherConfig(BaseModel):
         return {"Authorization": f"Bearer {key}"}
 
 
-class GenerateSummary(BaseModel):
-    """What one `generate` run did. Token counts are what the server billed (`usage`) this run."""
+class TeacherStats(BaseModel):
+    """One teacher's share of a run. Token counts are what the server billed (`usage`)."""
 
-    out_path: str
     requests: int = 0  # requests sent this run (retries not counted)
     skipped: int = 0  # requests whose every key was already in the file
     traces: int = 0  # traces written this run, errors included
     errors: int = 0  # error traces written this run
+    truncated: int = 0  # traces that stopped at max_tokens (finish_reason "length")
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    answered: int = 0  # requests that got an answer
+    latency_s: float = 0.0  # summed over answered requests
+    cost_usd: float | None = None  # at the teacher's prices, when given
+
+    @property
+    def mean_latency_s(self) -> float:
+        return self.latency_s / self.answered if self.answered else 0.0
+
+
+class GenerateSummary(BaseModel):
+    """What one `generate` run did: totals, and `teachers` per teacher name."""
+
+    out_path: str
+    requests: int = 0
+    skipped: int = 0
+    traces: int = 0
+    errors: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retried_errors: int = 0  # error traces removed by --retry-errors so their keys are asked again
     wall_s: float = 0.0
+    teachers: dict[str, TeacherStats] = Field(default_factory=dict)
+
+    def total(self) -> None:
+        """Fill the totals from the per-teacher stats."""
+        for key in (
+            "requests",
+            "skipped",
+            "traces",
+            "errors",
+            "retries",
+            "prompt_tokens",
+            "completion_tokens",
+        ):
+            setattr(self, key, sum(getattr(t, key) for t in self.teachers.values()))
 
 
 @dataclass(frozen=True)
@@ -233,13 +301,10 @@ async def _post_once(client: httpx.AsyncClient, url: str, body: dict[str, Any]) 
 
 
 async def _post(
-    client: httpx.AsyncClient,
-    url: str,
-    body: dict[str, Any],
-    teacher: TeacherConfig,
-    summary: GenerateSummary,
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], teacher: TeacherConfig, retries: list[int]
 ) -> tuple[dict[str, Any], float]:
-    """POST with retries; returns (response JSON, latency of the attempt that succeeded)."""
+    """POST with retries; returns (response JSON, latency of the attempt that succeeded). `retries[0]` counts
+    the retries made."""
     for attempt in range(teacher.max_retries + 1):
         t0 = time.perf_counter()
         try:
@@ -253,7 +318,7 @@ async def _post(
                 if e.retry_after is not None
                 else teacher.backoff_s * 2**attempt * random.random()
             )
-            summary.retries += 1
+            retries[0] += 1
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -332,11 +397,24 @@ def _error_traces(job: _Job, teacher: TeacherConfig, error: str) -> list[Trace]:
 # --------------------------------------------------------------------------------------------- the run
 
 
-def _existing_keys(out_path: Path, teacher: str) -> set[tuple[str, str, int]]:
+def _existing_keys(out_path: Path) -> set[tuple[str, str, int]]:
     repair_tail(out_path)
     if not out_path.exists():
         return set()
-    return {t.key for t in read_jsonl(out_path, Trace) if t.teacher == teacher}
+    return {t.key for t in read_jsonl(out_path, Trace)}
+
+
+def drop_error_traces(out_path: Path, teachers: Collection[str]) -> int:
+    """Rewrite the file without these teachers' error traces (atomically), so their keys are asked again;
+    returns how many were dropped. A crash after this only means those keys are still missing."""
+    repair_tail(out_path)
+    if not out_path.exists():
+        return 0
+    traces = read_jsonl(out_path, Trace)
+    keep = [t for t in traces if t.error is None or t.teacher not in teachers]
+    if len(keep) < len(traces):
+        write_jsonl(out_path, keep)
+    return len(traces) - len(keep)
 
 
 def _progress(show: bool) -> Progress:
@@ -344,21 +422,28 @@ def _progress(show: bool) -> Progress:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("errors {task.fields[errors]}"),
+        TextColumn("{task.fields[rps]:.1f} req/s {task.fields[tps]:,.0f} tok/s errors {task.fields[errors]}"),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         disable=not show,
     )
 
 
+@dataclass
+class _Run:
+    """One teacher's part of a run: its pool, its pending jobs and its stats."""
+
+    teacher: TeacherConfig
+    pool: EndpointPool
+    todo: list[_Job]
+    stats: TeacherStats
+
+
 async def _ask(
-    client: httpx.AsyncClient,
-    url: str,
-    job: _Job,
-    sampling: dict[str, Any],
-    teacher: TeacherConfig,
-    summary: GenerateSummary,
+    client: httpx.AsyncClient, run: _Run, job: _Job, sampling: dict[str, Any], retries: list[int]
 ) -> list[Trace]:
     """One request's traces: the answers, or one error trace per sample when the request failed."""
+    teacher, stats = run.teacher, run.stats
     body = {
         "model": teacher.model,
         "messages": [{"role": "user", "content": job.problem.question}],
@@ -368,24 +453,60 @@ async def _ask(
     }
     if job.seed is not None:
         body["seed"] = job.seed
-    summary.requests += 1
+    stats.requests += 1
+    reserved = estimate_prompt_tokens(job.problem.question) + sampling["max_tokens"] * len(job.samples)
+    endpoint = await run.pool.acquire(reserved)
+    used: float | None = None
     try:
-        data, latency_s = await _post(client, url, body, teacher, summary)
+        data, latency_s = await _post(client, endpoint.url, body, teacher, retries)
+        usage = data.get("usage") or {}
+        used = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
     except _Failed as e:
+        await run.pool.release(endpoint, ok=False, reserved=reserved)
         return _error_traces(job, teacher, str(e))
+    await run.pool.release(endpoint, ok=True, reserved=reserved, used=used)
     try:
         traces = _traces(job, teacher, data, latency_s)
-        usage = data.get("usage") or {}
-        summary.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        summary.completion_tokens += int(usage.get("completion_tokens") or 0)
+        stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        stats.completion_tokens += int(usage.get("completion_tokens") or 0)
     except (ValueError, TypeError, AttributeError, ValidationError) as e:  # a malformed choice or usage
         return _error_traces(job, teacher, f"unexpected response shape ({type(e).__name__}: {e})"[:500])
+    stats.answered += 1
+    stats.latency_s += latency_s
     return traces
+
+
+def _teachers(teachers: TeacherConfig | Sequence[TeacherConfig]) -> list[TeacherConfig]:
+    out = [teachers] if isinstance(teachers, TeacherConfig) else list(teachers)
+    if not out:
+        raise BranchmergeError("give at least one teacher")
+    names = [t.name for t in out]
+    if len(set(names)) < len(names):
+        raise BranchmergeError(f"teacher names must be unique (they are part of every trace's key): {names}")
+    return out
+
+
+def _pending(
+    problems: Sequence[Problem],
+    teacher: TeacherConfig,
+    present: set[tuple[str, str, int]],
+    n: int,
+    temperatures: Sequence[float],
+    seed: int | None,
+) -> tuple[list[_Job], int]:
+    """(jobs with at least one key missing from the file, number of jobs already complete)."""
+    todo, skipped = [], 0
+    for job in _plan(problems, n, temperatures, seed):
+        if all((job.problem.id, teacher.name, s) in present for s in job.samples):
+            skipped += 1
+        else:
+            todo.append(job)
+    return todo, skipped
 
 
 async def agenerate(
     problems: Iterable[Problem],
-    teacher: TeacherConfig,
+    teachers: TeacherConfig | Sequence[TeacherConfig],
     out_path: str | Path,
     *,
     n: int = 1,
@@ -393,59 +514,170 @@ async def agenerate(
     top_p: float = 0.95,
     max_tokens: int = 512,
     seed: int | None = None,
+    retry_errors: bool = False,
     show_progress: bool = True,
 ) -> GenerateSummary:
-    """Generate `n` traces per problem at each temperature into `out_path` (JSONL, appended, resumable).
+    """Generate `n` traces per problem at each temperature from every teacher into `out_path` (JSONL,
+    appended as requests complete, resumable).
 
-    Requests whose every key is already in the file are skipped (error traces count as present).
-    Concurrency is bounded by `teacher.max_concurrency` workers sharing one connection pool.
+    Requests whose every key is already in the file are skipped (error traces count as present unless
+    `retry_errors`, which first removes them so exactly the failed keys are asked again). Each teacher
+    sends through its own endpoint pool (`pool.py`): `max_concurrency` requests per endpoint, its rate limits,
+    failing endpoints paused. All teachers run at once.
     """
     problems = list(problems)
     _check_inputs(problems, n, temperatures, top_p, max_tokens)
-    headers = teacher.headers()
+    configs = _teachers(teachers)
+    headers = {t.name: t.headers() for t in configs}  # a missing key variable fails here, before any request
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     summary = GenerateSummary(out_path=str(out))
-    present = _existing_keys(out, teacher.name)
-
-    todo: list[_Job] = []
-    for job in _plan(problems, n, temperatures, seed):
-        if all((job.problem.id, teacher.name, s) in present for s in job.samples):
-            summary.skipped += 1
-        else:
-            todo.append(job)
-
-    url = teacher.base_url.rstrip("/") + "/chat/completions"
-    limits = httpx.Limits(
-        max_connections=teacher.max_concurrency, max_keepalive_connections=teacher.max_concurrency
-    )
+    if retry_errors:
+        summary.retried_errors = drop_error_traces(out, {t.name for t in configs})
+    present = _existing_keys(out)
+    runs = []
+    for teacher in configs:
+        todo, skipped = _pending(problems, teacher, present, n, temperatures, seed)
+        pool = EndpointPool(
+            teacher.urls,
+            teacher.max_concurrency,
+            requests_per_min=teacher.requests_per_min,
+            tokens_per_min=teacher.tokens_per_min,
+            pause_after=teacher.pause_after,
+            pause_s=teacher.pause_s,
+        )
+        summary.teachers[teacher.name] = TeacherStats(skipped=skipped)
+        runs.append(_Run(teacher, pool, todo, summary.teachers[teacher.name]))
     sampling = {"n": n, "top_p": top_p, "max_tokens": max_tokens}
-    queue = iter(todo)  # workers pull from one iterator: at most max_concurrency requests in flight
 
     with _progress(show_progress) as progress:
-        task = progress.add_task(f"generate {teacher.name}", total=len(todo), errors=0)
 
-        async def worker(client: httpx.AsyncClient) -> None:
-            for job in queue:
-                traces = await _ask(client, url, job, sampling, teacher, summary)
-                new = [t for t in traces if t.key not in present]  # a partly written request keeps its lines
-                append_jsonl(out, new)  # flushed now: a crash loses at most the requests in flight
-                present.update(t.key for t in new)
-                summary.traces += len(new)
-                summary.errors += sum(t.error is not None for t in new)
-                progress.update(task, advance=1, errors=summary.errors)
+        async def drive(run: _Run) -> None:
+            task = progress.add_task(
+                f"generate {run.teacher.name}", total=len(run.todo), errors=0, rps=0, tps=0
+            )
+            queue = iter(run.todo)  # workers pull from one iterator: the pool bounds what is in flight
+            retries = [0]
+            start = time.perf_counter()
 
-        async with httpx.AsyncClient(headers=headers, timeout=teacher.timeout_s, limits=limits) as client:
-            await asyncio.gather(*(worker(client) for _ in range(min(teacher.max_concurrency, len(todo)))))
+            async def worker(client: httpx.AsyncClient) -> None:
+                for job in queue:
+                    traces = await _ask(client, run, job, sampling, retries)
+                    new = [
+                        t for t in traces if t.key not in present
+                    ]  # a partly written request keeps its lines
+                    append_jsonl(out, new)  # flushed now: a crash loses at most the requests in flight
+                    present.update(t.key for t in new)
+                    stats = run.stats
+                    stats.traces += len(new)
+                    stats.errors += sum(t.error is not None for t in new)
+                    stats.truncated += sum(t.finish_reason == "length" for t in new)
+                    elapsed = max(time.perf_counter() - start, 1e-9)
+                    progress.update(
+                        task,
+                        advance=1,
+                        errors=stats.errors,
+                        rps=(stats.requests) / elapsed,
+                        tps=(stats.prompt_tokens + stats.completion_tokens) / elapsed,
+                    )
 
+            limits = httpx.Limits(
+                max_connections=run.pool.capacity, max_keepalive_connections=run.pool.capacity
+            )
+            async with httpx.AsyncClient(
+                headers=headers[run.teacher.name], timeout=run.teacher.timeout_s, limits=limits
+            ) as client:
+                await asyncio.gather(*(worker(client) for _ in range(min(run.pool.capacity, len(run.todo)))))
+            run.stats.retries = retries[0]
+            run.stats.cost_usd = run.teacher.cost(run.stats.prompt_tokens, run.stats.completion_tokens)
+
+        await asyncio.gather(*(drive(run) for run in runs))
+
+    summary.total()
     summary.wall_s = time.perf_counter() - t_start
     return summary
 
 
+def load_teachers(path: str | Path) -> list[TeacherConfig]:
+    """Teachers from a YAML file: a list of TeacherConfig mappings (or `teachers:` holding one). Errors name
+    the file, the entry and the field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise BranchmergeError(f"{path}: cannot read teachers ({e})") from None
+    if isinstance(data, dict) and "teachers" in data:
+        data = data["teachers"]
+    if not isinstance(data, list) or not data:
+        raise BranchmergeError(f"{path}: expected a list of teachers (name, base_url, model, ...)")
+    out = []
+    for i, entry in enumerate(data):
+        try:
+            out.append(TeacherConfig.model_validate(entry))
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(x) for x in first["loc"]) or "entry"
+            raise BranchmergeError(f"{path}: teachers[{i}].{field}: {first['msg']}") from None
+    return _teachers(out)
+
+
+# --------------------------------------------------------------------------------------------- dry run
+
+
+def estimate_prompt_tokens(text: str) -> int:
+    """A tokenizer-free estimate: about 4 characters per token for English and code (plus the chat
+    template's few tokens). Good to ~20% for budgeting; the real count comes back in `usage`."""
+    return len(text) // 4 + 8
+
+
+class TeacherPlan(BaseModel):
+    requests: int  # to send
+    samples: int  # traces they will write
+    skipped: int  # requests already complete in the file
+    prompt_tokens: int  # estimated
+    completion_tokens_max: int  # upper bound: max_tokens per sample
+    cost_usd_max: float | None  # at the teacher's prices, completion at its upper bound
+
+
+def plan_generation(
+    problems: Iterable[Problem],
+    teachers: TeacherConfig | Sequence[TeacherConfig],
+    out_path: str | Path,
+    *,
+    n: int = 1,
+    temperatures: Sequence[float] = (0.6,),
+    max_tokens: int = 512,
+    seed: int | None = None,
+    retry_errors: bool = False,
+) -> dict[str, TeacherPlan]:
+    """What `agenerate` with these arguments would send, per teacher, without sending anything or touching
+    the file (error traces are counted as pending when `retry_errors`)."""
+    problems = list(problems)
+    _check_inputs(problems, n, temperatures, 0.5, max_tokens)
+    configs = _teachers(teachers)
+    out = Path(out_path)
+    traces = read_jsonl(out, Trace) if out.exists() else []
+    present = {t.key for t in traces if not (retry_errors and t.error is not None)}
+    plans = {}
+    for teacher in configs:
+        todo, skipped = _pending(problems, teacher, present, n, temperatures, seed)
+        prompt = sum(estimate_prompt_tokens(job.problem.question) for job in todo)
+        completion = max_tokens * sum(len(job.samples) for job in todo)
+        plans[teacher.name] = TeacherPlan(
+            requests=len(todo),
+            samples=sum(len(job.samples) for job in todo),
+            skipped=skipped,
+            prompt_tokens=prompt,
+            completion_tokens_max=completion,
+            cost_usd_max=teacher.cost(prompt, completion),
+        )
+    return plans
+
+
 def generate_traces(
     problems: Iterable[Problem],
-    teacher: TeacherConfig,
+    teachers: TeacherConfig | Sequence[TeacherConfig],
     out_path: str | Path,
     *,
     n: int = 1,
@@ -453,19 +685,21 @@ def generate_traces(
     top_p: float = 0.95,
     max_tokens: int = 512,
     seed: int | None = None,
+    retry_errors: bool = False,
     show_progress: bool = True,
 ) -> GenerateSummary:
     """Synchronous `agenerate` for scripts and the CLI (it starts its own event loop)."""
     return asyncio.run(
         agenerate(
             problems,
-            teacher,
+            teachers,
             out_path,
             n=n,
             temperatures=temperatures,
             top_p=top_p,
             max_tokens=max_tokens,
             seed=seed,
+            retry_errors=retry_errors,
             show_progress=show_progress,
         )
     )
