@@ -170,9 +170,14 @@ class _SafetensorsFile:
             raise BranchmergeError(f"{path}: cannot read safetensors header ({e})") from None
         self.data_start = 8 + length
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, first: int = 0, count: int | None = None) -> torch.Tensor:
+        """The tensor, or with `count` the elements [first, first + count) of its flattened form (1-D)."""
         entry = self.header[name]
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
         start, end = entry["data_offsets"]
+        if count is not None:
+            size = dtype.itemsize
+            start, end = start + first * size, start + (first + count) * size
         buffer = torch.empty(end - start, dtype=torch.uint8)
         view, done = buffer.numpy().data, 0
         while done < len(view):
@@ -180,10 +185,46 @@ class _SafetensorsFile:
             if got == 0:
                 raise BranchmergeError(f"{self.path}: file ends inside tensor {name} (truncated?)")
             done += got
-        return buffer.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        return buffer.view(dtype) if count is not None else buffer.view(dtype).reshape(entry["shape"])
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class LazyTensor:
+    """A flattened tensor left on disk: indexing reads just those elements (`pread`), converts them to
+    `dtype` and moves them to `device`. The engine hands these to chunked methods for the largest tensors
+    (the embedding), so their inputs never sit in memory whole; see `methods/chunks.py`."""
+
+    def __init__(self, file: _SafetensorsFile, name: str, dtype: torch.dtype, device: torch.device):
+        self.file, self.name, self.dtype, self.device = file, name, dtype, device
+        self.shape = torch.Size(file.header[name]["shape"])
+        self.stored_dtype = SAFETENSORS_DTYPES[file.header[name]["dtype"]]
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def reshape(self, *shape: int) -> LazyTensor:
+        if shape != (-1,):
+            raise ValueError("a LazyTensor only has its flattened form")
+        return self
+
+    def __getitem__(self, index: slice | torch.Tensor) -> torch.Tensor:
+        if isinstance(index, slice):
+            first, stop, step = index.indices(self.numel())
+            assert step == 1, "contiguous ranges only"
+            part = self.file.read(self.name, first, max(stop - first, 0))
+        else:  # positions (a sample): read the blocks that hold them, one at a time
+            part = torch.empty(index.numel(), dtype=self.stored_dtype)
+            order = index.argsort()
+            sorted_index = index[order]
+            block = 1 << 20
+            for lo in range(0, self.numel(), block):
+                sel = (sorted_index >= lo) & (sorted_index < lo + block)
+                if sel.any():
+                    chunk = self.file.read(self.name, lo, min(block, self.numel() - lo))
+                    part[order[sel]] = chunk[sorted_index[sel] - lo]
+        return part.to(self.dtype).to(self.device)
 
 
 class TensorReader:
@@ -206,6 +247,13 @@ class TensorReader:
         if isinstance(handle, dict):
             return handle[name].clone()
         return handle.read(name)
+
+    def lazy(self, ckpt: Checkpoint, name: str, dtype: torch.dtype | None, device: torch.device) -> LazyTensor:
+        """A safetensors tensor as a LazyTensor, read in `dtype` (else its own) onto `device`."""
+        file = ckpt.tensors[name].file
+        handle = self._handles.get(file) or self._handles.setdefault(file, _SafetensorsFile(file))
+        assert isinstance(handle, _SafetensorsFile)
+        return LazyTensor(handle, name, dtype or SAFETENSORS_DTYPES[handle.header[name]["dtype"]], device)
 
     def __enter__(self) -> TensorReader:
         return self

@@ -1,11 +1,15 @@
 """The streaming merge: validate everything, then read -> merge -> write one tensor at a time, in three threads.
 
 A reader thread loads the inputs of the next tensors (a bounded queue, so memory stays a few tensors), the
-calling thread merges (on `device`, in fp32, a chunk at a time: `methods/chunks.py`), and a writer thread appends each result to its safetensors shard
-as soon as it is ready (`writer.py`). A fourth thread hashes the input files for the model card meanwhile.
-Tensors whose output is exactly one input (SLERP at t = 0 or 1, say) are read from that input only and written
-byte for byte. Memory is a few tensors per input model, never a whole model, so a 70B merge fits where a layer
-fits.
+calling thread merges (on `device`, in fp32, a chunk at a time: `methods/chunks.py`), and a writer thread
+appends each result to its safetensors shard as soon as it is ready (`writer.py`). A fourth thread hashes the
+input files for the model card meanwhile. Tensors whose output is exactly one input (SLERP at t = 0 or 1, say)
+are read from that input only and written byte for byte.
+
+Tensors of STREAM_MIN_ELEMENTS or more (in a Qwen3 model, the 151936-row embedding and lm_head) never sit in
+memory whole when the method streams (linear, SLERP, the task-vector family) or the tensor is copied: their
+inputs stay on disk as `LazyTensor`s read a chunk at a time, and each output chunk goes straight into the
+shard. So peak memory is the smaller tensors in flight plus a few chunks, whatever the model's size.
 
 The output is built in a temporary sibling folder and renamed into place only when complete. A config with
 several documents is a sequence of merges ((A & B) & C), see `sequence.py`.
@@ -14,20 +18,23 @@ several documents is a sequence of merges ((A & B) & C), see `sequence.py`.
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.merge.checkpoint import TensorReader
+from branchmerge.merge.checkpoint import LazyTensor, TensorReader
 from branchmerge.merge.config import MergeConfig, load_merge_configs, validate_merge_config
+from branchmerge.merge.methods.chunks import chunk_slices
 from branchmerge.merge.model_files import (
     SequenceCard,
     copy_support_files,
@@ -42,6 +49,7 @@ from branchmerge.merge.writer import MAX_SHARD_BYTES, ShardWriter
 from branchmerge.records import atomic_dir
 
 READ_AHEAD = 2  # tensors whose inputs are loaded while the current one is merged
+STREAM_MIN_ELEMENTS = 8 << 20  # tensors this large (16 MB in bf16) are merged from disk to disk in chunks
 WRITE_BEHIND = 2  # merged tensors waiting for the disk
 
 
@@ -88,10 +96,22 @@ def _check_out_dir(out: Path, plan: MergePlan) -> None:
             )
 
 
-def _read(reader: TensorReader, plan: MergePlan, job: TensorJob) -> list[torch.Tensor]:
-    if job.passthrough is not None and not job.vocab:
-        return [reader.read(plan.inputs[job.passthrough], job.name)]
-    return [reader.read(ckpt, job.name) for ckpt in plan.inputs]
+def _streamed(plan: MergePlan, job: TensorJob) -> bool:
+    """Whether a tensor is too large to hold whole and can be merged or copied chunk by chunk from disk."""
+    if job.vocab or math.prod(job.shape) < STREAM_MIN_ELEMENTS:
+        return False
+    used = plan.inputs if job.passthrough is None else [plan.inputs[job.passthrough]]
+    safetensors = all(ckpt.tensors[job.name].file.suffix == ".safetensors" for ckpt in used)
+    return safetensors and (job.passthrough is not None or plan.method.streams)
+
+
+def _read(
+    reader: TensorReader, plan: MergePlan, job: TensorJob, device: torch.device
+) -> Sequence[torch.Tensor | LazyTensor]:
+    used = plan.inputs if job.passthrough is None or job.vocab else [plan.inputs[job.passthrough]]
+    if _streamed(plan, job):
+        return [reader.lazy(ckpt, job.name, plan.work_dtype, device) for ckpt in used]
+    return [reader.read(ckpt, job.name) for ckpt in used]
 
 
 def _compute(
@@ -111,16 +131,30 @@ def _compute(
     if job.passthrough is not None:
         return raw[0].to(job.out_dtype)
     thetas = [t.to(device, non_blocking=True) for t in raw]  # widened to fp32 by the method, chunk by chunk
-    return plan.method.apply(thetas, job.params).to(job.out_dtype).to("cpu")
+    merged = plan.method.apply(thetas, job.params)
+    assert merged is not None
+    return merged.to(job.out_dtype).to("cpu")
+
+
+def _stream(plan: MergePlan, job: TensorJob, lazy: Sequence[LazyTensor], writer: ShardWriter) -> None:
+    """Merge (or copy) one large tensor chunk by chunk from disk straight into its shard."""
+    stream = writer.stream(job.name)
+    if job.passthrough is not None:
+        (source,) = lazy
+        for sl in chunk_slices(source.numel()):
+            stream.write(source[sl].to(job.out_dtype))
+    else:
+        plan.method.apply(cast(list[torch.Tensor], lazy), replace(job.params, sink=stream.write))
+    stream.close()
 
 
 def _read_ahead(
-    pool: ThreadPoolExecutor, reader: TensorReader, plan: MergePlan
-) -> Iterator[list[torch.Tensor]]:
+    pool: ThreadPoolExecutor, reader: TensorReader, plan: MergePlan, device: torch.device
+) -> Iterator[Sequence[torch.Tensor | LazyTensor]]:
     """Inputs of each job in order, keeping up to READ_AHEAD jobs loading in the background."""
-    pending: list[Future[list[torch.Tensor]]] = []
+    pending: list[Future[Sequence[torch.Tensor | LazyTensor]]] = []
     for job in plan.jobs:
-        pending.append(pool.submit(_read, reader, plan, job))
+        pending.append(pool.submit(_read, reader, plan, job, device))
         if len(pending) > READ_AHEAD:
             yield pending.pop(0).result()
     while pending:
@@ -148,8 +182,15 @@ def _merge_tensors(
             Progress(*columns, disable=not show_progress) as progress,
         ):
             task = progress.add_task(f"merge ({plan.method.name})", total=len(plan.jobs))
-            for job, raw in zip(plan.jobs, _read_ahead(read_pool, reader, plan), strict=True):
-                merged = _compute(plan, job, raw, device)
+            for job, raw in zip(plan.jobs, _read_ahead(read_pool, reader, plan, device), strict=True):
+                if _streamed(plan, job):
+                    for w in writes:  # the writer is free once earlier tensors are out
+                        w.result()
+                    writes.clear()
+                    _stream(plan, job, cast(list[LazyTensor], raw), writer)
+                    progress.advance(task)
+                    continue
+                merged = _compute(plan, job, cast(list[torch.Tensor], raw), device)
                 del raw
                 writes.append(write_pool.submit(writer.add, job.name, merged))
                 del merged

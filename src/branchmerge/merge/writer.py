@@ -98,19 +98,31 @@ class ShardWriter:
             self._file = None
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        shape, dtype = self._specs.get(name, (None, None))
+        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            raise RuntimeError(
+                f"merge writer: '{name}' is {tensor.dtype} {list(tensor.shape)}, planned {dtype} {list(shape or [])}"
+            )
+        stream = self.stream(name)
+        stream.write(tensor)
+        stream.close()
+
+    def stream(self, name: str) -> TensorStream:
+        """Start writing the next tensor in pieces (flattened, in order): `write` each, then `close`."""
         expected = self._order[self._next]
         if name != expected:
             raise RuntimeError(f"merge writer expected tensor '{expected}' next, got '{name}'")
-        shape, dtype = self._specs[name]
-        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
-            raise RuntimeError(
-                f"merge writer: '{name}' is {tensor.dtype} {list(tensor.shape)}, planned {dtype} {list(shape)}"
-            )
         if name in self._starts:
             self._open_shard(self._starts[name])
         assert self._file is not None
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        shape, dtype = self._specs[name]
+        return TensorStream(self, name, dtype, nbytes(shape, dtype))
+
+    def _write(self, data: torch.Tensor) -> None:
+        assert self._file is not None
         self._file.write(data.numpy().data)
+
+    def _done(self) -> None:
         self._next += 1
 
     def finish(self) -> None:
@@ -130,3 +142,25 @@ class ShardWriter:
 
     def abort(self) -> None:
         self._close()
+
+
+class TensorStream:
+    """One tensor being written in pieces; `close` checks that exactly its planned bytes were written."""
+
+    def __init__(self, writer: ShardWriter, name: str, dtype: torch.dtype, size: int):
+        self.writer, self.name, self.dtype, self.size = writer, name, dtype, size
+        self.written = 0
+
+    def write(self, part: torch.Tensor) -> None:
+        if part.dtype != self.dtype:
+            raise RuntimeError(f"merge writer: a piece of '{self.name}' is {part.dtype}, planned {self.dtype}")
+        data = part.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        if self.written + data.numel() > self.size:
+            raise RuntimeError(f"merge writer: '{self.name}' got more than its {self.size} bytes")
+        self.writer._write(data)
+        self.written += data.numel()
+
+    def close(self) -> None:
+        if self.written != self.size:
+            raise RuntimeError(f"merge writer: '{self.name}' got {self.written} of its {self.size} bytes")
+        self.writer._done()

@@ -44,11 +44,20 @@ def map_chunks(
     thetas: Sequence[torch.Tensor],
     fn: Callable[[slice, list[torch.Tensor]], torch.Tensor],
     out_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """out[chunk] = fn(chunk, [theta[chunk] as fp32 for each theta]), chunks in index order, out in `out_dtype`."""
+    sink: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor | None:
+    """out[chunk] = fn(chunk, [theta[chunk] as fp32 for each theta]), chunks in index order, out in `out_dtype`.
+
+    With `sink`, each output chunk goes to it as soon as it is computed and nothing is returned: with lazy
+    inputs (`checkpoint.LazyTensor`) a tensor of any size then takes a few chunks of memory."""
     flats = flat(thetas)
-    out = torch.empty(flats[0].numel(), dtype=out_dtype, device=flats[0].device)
-    for sl in chunk_slices(out.numel()):
+    n = flats[0].numel()
+    if sink is not None:
+        for sl in chunk_slices(n):
+            sink(fn(sl, [t[sl].float() for t in flats]).to(out_dtype))
+        return None
+    out = torch.empty(n, dtype=out_dtype, device=flats[0].device)
+    for sl in chunk_slices(n):
         out[sl] = fn(sl, [t[sl].float() for t in flats])
     return out.view(thetas[0].shape)
 

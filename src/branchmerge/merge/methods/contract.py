@@ -37,6 +37,9 @@ class TensorParams:
     model_params: Sequence[Mapping[str, ParamValue]]
     tensor: str = ""  # the output tensor's name: seeds random methods (DARE) per tensor, whatever the order
     out_dtype: torch.dtype = torch.float32  # the dtype it is saved in: a method may return it directly
+    # Set by the engine for the largest tensors of a `streams` method: write the output through it, chunk by
+    # chunk in order, instead of returning it (the method then returns None).
+    sink: Callable[[torch.Tensor], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class MergeMethod:
     apply: input tensors (in input order, in the working dtype: bf16 as stored, or the config's `dtype`) and the
         tensor's parameters -> the merged tensor, computed in fp32 (at least) and returned in fp32 or directly
         in `params.out_dtype` (chunked methods do, see `chunks.py`). It must not modify its inputs.
+        With `streams`, inputs may be `checkpoint.LazyTensor`s (read chunk by chunk from disk) and, when
+        `params.sink` is set, the output goes through it and apply returns None.
     params / model_params: global and per-model parameter specs. A per-model parameter may also be given under
         the top-level `parameters`, as a default for every model (as in mergekit).
     needs_base: the base_model is an input (appended if not listed) and gets no per-model parameters.
@@ -58,7 +63,7 @@ class MergeMethod:
     """
 
     name: str
-    apply: Callable[[Sequence[torch.Tensor], TensorParams], torch.Tensor]
+    apply: Callable[[Sequence[torch.Tensor], TensorParams], torch.Tensor | None]
     params: Mapping[str, ParamSpec] = field(default_factory=dict)
     model_params: Mapping[str, ParamSpec] = field(default_factory=dict)
     needs_base: bool = False
@@ -66,4 +71,5 @@ class MergeMethod:
     min_inputs: int = 1
     check: Callable[[TensorParams], str | None] | None = None
     passthrough: Callable[[TensorParams], int | None] | None = None
+    streams: bool = False  # reads its inputs only through `chunks.py` and honours `TensorParams.sink`
     summary: str = ""

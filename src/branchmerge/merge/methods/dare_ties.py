@@ -39,5 +39,6 @@ METHOD = MergeMethod(
     model_params=TASK_VECTOR_MODEL_PARAMS,
     needs_base=True,
     passthrough=base_passthrough,
+    streams=True,
     summary="DARE random drop + rescale, then TIES sign election",
 )

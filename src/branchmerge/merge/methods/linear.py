@@ -13,7 +13,7 @@ The base_model is not an input unless it is listed under `models`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -26,7 +26,8 @@ def linear(
     w: Sequence[float],
     normalize: bool = True,
     out_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
+    sink: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor | None:
     """Eq. (1)/(2), accumulated in fp32 one model at a time, chunk by chunk (`chunks.py`)."""
     total = sum(w)
 
@@ -38,12 +39,12 @@ def linear(
             theta /= total
         return theta
 
-    return map_chunks(thetas, average, out_dtype)
+    return map_chunks(thetas, average, out_dtype, sink)
 
 
-def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor:
+def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor | None:
     w = [float(mp["weight"]) for mp in p.model_params]
-    return linear(thetas, w, bool(p.params["normalize"]), p.out_dtype)
+    return linear(thetas, w, bool(p.params["normalize"]), p.out_dtype, p.sink)
 
 
 def _check(p: TensorParams) -> str | None:
@@ -70,5 +71,6 @@ METHOD = MergeMethod(
     model_params={"weight": ParamSpec(help="this model's weight")},
     check=_check,
     passthrough=_passthrough,
+    streams=True,
     summary="weighted average of the models",
 )

@@ -18,7 +18,7 @@ mergekit silently ignores it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -30,8 +30,12 @@ EPS = 1e-8
 
 
 def slerp(
-    t: float, theta_0: torch.Tensor, theta_1: torch.Tensor, out_dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
+    t: float,
+    theta_0: torch.Tensor,
+    theta_1: torch.Tensor,
+    out_dtype: torch.dtype = torch.float32,
+    sink: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor | None:
     """Eq. (2) in fp32 chunk by chunk (`chunks.py`; norms and dot summed in fp64), with the lerp fallback for
     nearly parallel tensors."""
     theta_0, theta_1 = widen_small([theta_0, theta_1])
@@ -47,13 +51,13 @@ def slerp(
         sin_omega = math.sin(omega)
         s_0 = math.sin((1 - t) * omega) / sin_omega  # (2)
         s_1 = math.sin(t * omega) / sin_omega
-    return map_chunks([theta_0, theta_1], lambda sl, c: c[0] * s_0 + c[1] * s_1, out_dtype)
+    return map_chunks([theta_0, theta_1], lambda sl, c: c[0] * s_0 + c[1] * s_1, out_dtype, sink)
 
 
-def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor:
+def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor | None:
     assert p.base is not None
     other = 1 - p.base
-    return slerp(float(p.params["t"]), thetas[p.base], thetas[other], p.out_dtype)
+    return slerp(float(p.params["t"]), thetas[p.base], thetas[other], p.out_dtype, p.sink)
 
 
 def _passthrough(p: TensorParams) -> int | None:
@@ -73,5 +77,6 @@ METHOD = MergeMethod(
     needs_base=True,
     n_inputs=2,
     passthrough=_passthrough,
+    streams=True,
     summary="spherical interpolation between base_model and one other model",
 )

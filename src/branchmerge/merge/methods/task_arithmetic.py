@@ -32,5 +32,6 @@ METHOD = MergeMethod(
     model_params=TASK_VECTOR_MODEL_PARAMS,
     needs_base=True,
     passthrough=base_passthrough,
+    streams=True,
     summary="base + lambda * sum of weighted task vectors",
 )

@@ -261,7 +261,8 @@ def task_vector_merge(
     seeds: Sequence[int] | None = None,
     argsort_ties: bool = False,
     out_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
+    sink: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor | None:
     """theta = theta_base + lambda * merged task vector, math in fp32 chunk by chunk (`chunks.py`), written in
     `out_dtype`. `seeds[t]` drives model t's DARE mask. Inputs may be in any float dtype."""
     theta_base, *thetas = widen_small([theta_base, *thetas])
@@ -311,7 +312,7 @@ def task_vector_merge(
             merged = merged * lambda_
         return theta_base_c + merged
 
-    return map_chunks([theta_base, *thetas], merge_chunk, out_dtype)
+    return map_chunks([theta_base, *thetas], merge_chunk, out_dtype, sink)
 
 
 def task_vector_params(normalize: bool, rescale: bool, seeded: bool = False) -> dict[str, ParamSpec]:
@@ -345,7 +346,7 @@ def base_passthrough(p: TensorParams) -> int | None:
 
 def apply_settings(
     thetas: Sequence[torch.Tensor], p: TensorParams, settings: TaskVectorSettings
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """Run `task_vector_merge` with a tensor's resolved parameters; the base_model gets no weight."""
     assert p.base is not None
     others = [i for i in range(len(thetas)) if i != p.base]
@@ -362,4 +363,5 @@ def apply_settings(
         seeds=[_seed(seed, p.tensor, i) for i in others],
         argsort_ties=bool(p.params.get("argsort_ties", False)),
         out_dtype=p.out_dtype,
+        sink=p.sink,
     )

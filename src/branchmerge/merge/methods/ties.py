@@ -44,5 +44,6 @@ METHOD = MergeMethod(
     model_params=TASK_VECTOR_MODEL_PARAMS,
     needs_base=True,
     passthrough=base_passthrough,
+    streams=True,
     summary="TIES: trim task vectors by magnitude, elect signs, average the agreeing entries",
 )
