@@ -23,11 +23,13 @@ from safetensors.torch import save_file
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 # hidden, layers, intermediate, heads, kv_heads, head_dim, vocab. "0.5b" is Qwen3-0.6B's shape (0.6B parameters,
-# ~0.44B without the embedding); "0.1b" keeps the full vocabulary so the largest tensor is the same kind.
+# ~0.44B without the embedding), "1.7b" Qwen3-1.7B's; "0.1b" keeps the full vocabulary so the largest tensor is
+# the same kind.
 SHAPES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden=256, layers=4, intermediate=768, heads=4, kv_heads=2, head_dim=64, vocab=8192),
     "0.1b": dict(hidden=512, layers=12, intermediate=1536, heads=8, kv_heads=4, head_dim=64, vocab=151936),
     "0.5b": dict(hidden=1024, layers=28, intermediate=3072, heads=16, kv_heads=8, head_dim=128, vocab=151936),
+    "1.7b": dict(hidden=2048, layers=28, intermediate=6144, heads=16, kv_heads=8, head_dim=128, vocab=151936),
 }
 WEIGHT_STD = 0.02
 

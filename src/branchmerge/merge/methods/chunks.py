@@ -35,9 +35,9 @@ def widen_small(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """fp32 copies of tensors of at most 4 chunks (16 MB in fp32), so methods that pass over their inputs
     more than once (SLERP's norms, TIES's threshold) widen them once; larger tensors are left as they are
     and widened chunk by chunk on each pass. `.float()` of an fp32 tensor is the tensor itself."""
-    if tensors and tensors[0].numel() <= 4 * CHUNK:
+    if all(isinstance(t, torch.Tensor) for t in tensors) and tensors and tensors[0].numel() <= 4 * CHUNK:
         return [t.float() for t in tensors]
-    return list(tensors)
+    return list(tensors)  # large, or `LazyTensor`s read from disk chunk by chunk
 
 
 def map_chunks(
