@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -123,7 +124,7 @@ def test_concurrent_requests_share_batches(tiny_model_dir: Path) -> None:
         ({"messages": USER, "max_tokens": 0}, "max_tokens"),
         ({"n": 1}, "messages"),
         ({"messages": []}, "messages"),
-        ({"messages": USER, "stream": True}, "stream"),
+        ({"messages": USER, "stream": "sometimes"}, "stream"),
         ({"messages": USER, "stop": ["\n"]}, "stop"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
     ],
@@ -135,6 +136,33 @@ def test_bad_parameters_answer_400_in_openai_error_shape(server: str, body: dict
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert param in error["message"]
+
+
+def test_stream_true_sends_openai_chunks_that_add_up_to_the_plain_answer(server: str) -> None:
+    body = {"temperature": 1.0, "max_tokens": 12, "seed": 5, "n": 2}
+    plain = chat(server, **body).json()
+    events = []
+    with httpx.stream(
+        "POST",
+        f"{server}/chat/completions",
+        json={"messages": USER, **body, "stream": True, "stream_options": {"include_usage": True}},
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    for j, choice in enumerate(plain["choices"]):
+        deltas = [ch["choices"][0] for ch in chunks if ch["choices"] and ch["choices"][0]["index"] == j]
+        content = "".join(d["delta"].get("content", "") for d in deltas)
+        reasoning = "".join(d["delta"].get("reasoning_content", "") for d in deltas)
+        assert (content, reasoning) == (choice["message"]["content"], choice["message"]["reasoning_content"])
+        assert (
+            deltas[0]["delta"]["role"] == "assistant"
+            and deltas[-1]["finish_reason"] == choice["finish_reason"]
+        )
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
 
 
 def test_malformed_json_answers_400(server: str) -> None:

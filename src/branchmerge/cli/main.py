@@ -62,6 +62,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
 
 
 from branchmerge.cli import analyze as _analyze  # noqa: E402,F401
+from branchmerge.cli import collect as _collect  # noqa: E402,F401
 from branchmerge.cli import generate as _generate  # noqa: E402,F401
 from branchmerge.cli import pipeline as _pipeline  # noqa: E402,F401
 from branchmerge.cli import recipes as _recipes  # noqa: E402,F401  (registers commands)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import socket
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from branchmerge.errors import BranchmergeError
@@ -82,6 +83,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     seed: int | None = None
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
 
     @field_validator("n", "temperature", "top_p", "stream", mode="before")
     @classmethod
@@ -162,8 +164,8 @@ def build_app(
             "data": [{"id": name, "object": "model", "created": created, "owned_by": "branchmerge"}],
         }
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest) -> dict[str, Any]:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(req: ChatRequest) -> dict[str, Any] | StreamingResponse:
         rows, prompt_tokens = _rows_for(req, model, name, context_length)
         if len(rows) > batcher.max_queue:
             raise ApiError(400, f"n={len(rows)} exceeds this server's queue of {batcher.max_queue} rows", "n")
@@ -175,6 +177,9 @@ def build_app(
             outs = await asyncio.wrap_future(future)
         except Exception as e:
             raise ApiError(500, f"generation failed: {type(e).__name__}: {e}") from None
+        if req.stream:
+            usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_sse(name, outs, prompt_tokens, usage), media_type="text/event-stream")
         return _response(name, outs, prompt_tokens)
 
     return app
@@ -184,8 +189,6 @@ def _rows_for(
     req: ChatRequest, model: CompletionModel, name: str, context_length: int | None
 ) -> tuple[list[Row], int]:
     """Validate what pydantic cannot, and expand a request into its `n` rows (choice j gets seed + j)."""
-    if req.stream:
-        raise ApiError(400, "stream=true is not supported by this server yet; send stream=false", "stream")
     for field in _UNSUPPORTED:
         if (req.model_extra or {}).get(field):
             raise ApiError(400, f"'{field}' is not supported by this server; remove it", field)
@@ -252,6 +255,36 @@ def _response(name: str, outs: list[Completion], prompt_tokens: int) -> dict[str
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def _sse(name: str, outs: list[Completion], prompt_tokens: int, include_usage: bool) -> Iterator[str]:
+    """The answer as OpenAI's `chat.completion.chunk` server-sent events, ending with `data: [DONE]`.
+
+    Generation is batched (`batching.py`), so each choice is complete before its events are sent: a client
+    gets the role, then the reasoning and the content as one delta each, then the finish reason. That is the
+    protocol streaming clients (the OpenAI SDK's `stream=True`) expect, not token-by-token pacing.
+    """
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name}
+        return f"data: {json.dumps({**chunk, 'choices': choices, **extra})}\n\n"
+
+    for j, c in enumerate(outs):
+        yield event([{"index": j, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        if c.reasoning:
+            yield event([{"index": j, "delta": {"reasoning_content": c.reasoning}, "finish_reason": None}])
+        yield event([{"index": j, "delta": {"content": c.content}, "finish_reason": None}])
+        yield event([{"index": j, "delta": {}, "finish_reason": c.finish_reason}])
+    if include_usage:
+        completion_tokens = sum(c.completion_tokens for c in outs)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        yield event([], usage=usage)
+    yield "data: [DONE]\n\n"
 
 
 def create_app(
