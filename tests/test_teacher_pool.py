@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.records import Trace, read_jsonl
+from branchmerge.records import Problem, Trace, read_jsonl
 from branchmerge.teachers.client import TeacherConfig, load_teachers, plan_generation
 from branchmerge.teachers.pool import EndpointPool, TokenBucket
 from branchmerge.teachers.serve import running_app
@@ -152,3 +153,66 @@ def test_teachers_file_errors_name_the_entry_and_field(tmp_path: Path) -> None:
     )
     with pytest.raises(BranchmergeError, match="unique"):
         load_teachers(f)
+
+
+def test_kill_9_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    app = FastAPI()
+    served = []
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        served.append(body["messages"][0]["content"])
+        await asyncio.sleep(0.02)
+        return _answer(len(served), body)
+
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(
+        "".join(
+            json.dumps({"id": f"k{i}", "domain": "d", "question": f"q{i}", "reference": "x"}) + "\n"
+            for i in range(300)
+        )
+    )
+    out = tmp_path / "traces.jsonl"
+    with running_app(app) as root:
+        cmd = [
+            sys.executable,
+            "-m",
+            "branchmerge",
+            "generate",
+            str(problems),
+            "--out",
+            str(out),
+            "--base-url",
+            f"{root}/v1",
+            "--model",
+            "m",
+            "--n",
+            "2",
+            "--concurrency",
+            "8",
+            "--max-tokens",
+            "4",
+        ]
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while (not out.exists() or out.read_text().count("\n") < 60) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        lines_at_kill = out.read_text().count("\n")
+        assert 60 <= lines_at_kill < 600, f"killed at {lines_at_kill} lines: nothing left to test"
+        cfg = TeacherConfig(name="m", base_url=f"{root}/v1", model="m")
+        s = run(cfg, out, n=2, temperatures=(0.6,), seed=None, problems=read_jsonl(problems, Problem))
+    traces = read_jsonl(out, Trace)
+    keys = [t.key for t in traces]
+    assert len(keys) == len(set(keys)) == 600  # every key once: nothing lost, nothing twice
+    assert all(t.error is None for t in traces)
+    assert s.skipped >= lines_at_kill // 2 - 1  # what was written before the kill was not asked again
+    assert len(served) <= 300 + 8  # at most the requests in flight at the kill were sent twice
