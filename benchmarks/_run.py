@@ -49,7 +49,9 @@ def warm_cache(dirs: list[Path]) -> float:
 
 
 def find_mergekit(arg: str) -> str | None:
-    """`arg` as a path or a name on PATH, else mergekit's venv here; None when neither exists."""
+    """`arg` as a path or a name on PATH, else $MERGEKIT_YAML; None when neither exists or `arg` is "none"."""
+    if arg == "none":
+        return None
     for candidate in (arg, MKVENV_MERGEKIT):
         found = shutil.which(candidate)
         if found:

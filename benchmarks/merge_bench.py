@@ -267,7 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--mergekit",
         default="mergekit-yaml",
-        help="mergekit-yaml executable (default: $MERGEKIT_YAML, else PATH)",
+        help="mergekit-yaml executable (default: $MERGEKIT_YAML, else PATH); 'none' skips mergekit",
     )
     p.add_argument("--mergekit-args", default=MERGEKIT_ARGS, help=f"default: {MERGEKIT_ARGS!r}")
     p.add_argument(
