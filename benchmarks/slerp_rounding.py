@@ -14,8 +14,6 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 from branchmerge.merge.checkpoint import Checkpoint, TensorReader
 from branchmerge.merge.config import load_merge_config
 from branchmerge.merge.plan import build_plan
