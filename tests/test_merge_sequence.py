@@ -80,6 +80,21 @@ def test_intermediate_dir_keeps_steps_and_a_rerun_reuses_them(tmp_path, abc):
     assert step_file.stat().st_mtime_ns != before
 
 
+def test_intermediate_step_is_merged_again_when_an_input_changed(tmp_path, abc, make_checkpoint):
+    import shutil
+
+    a, b, c = abc
+    a2 = tmp_path / "a"
+    shutil.copytree(a, a2)
+    cfg = write_docs(tmp_path / "seq.yaml", [fusion(str(a2), str(b), "ab"), fusion("ab", str(c))])
+    run_merge(cfg, tmp_path / "final", show_progress=False, intermediate_dir=tmp_path / "steps")
+    step_file = tmp_path / "steps" / "ab" / "model.safetensors"
+    first = step_file.read_bytes()
+    shutil.copy(make_checkpoint(seed=21) / "model.safetensors", a2 / "model.safetensors")  # retrained in place
+    run_merge(cfg, tmp_path / "final", show_progress=False, intermediate_dir=tmp_path / "steps")
+    assert step_file.read_bytes() != first  # the same YAML, but a changed input: not reused
+
+
 def test_errors_in_a_later_step_stop_the_sequence_before_it_starts(tmp_path, abc):
     a, b, c = map(str, abc)
     bad = fusion("ab", c)

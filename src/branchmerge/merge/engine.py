@@ -38,8 +38,10 @@ from branchmerge.merge.methods.chunks import chunk_slices
 from branchmerge.merge.model_files import (
     SequenceCard,
     copy_support_files,
+    inputs_unchanged,
     sha256_file,
     write_config,
+    write_fingerprints,
     write_model_card,
 )
 from branchmerge.merge.plan import MergePlan, TensorJob, build_plan
@@ -205,6 +207,10 @@ def _merge_tensors(
     return len(writer.shards)
 
 
+def _weight_files(plan: MergePlan) -> list[Path]:
+    return sorted({f for ckpt in plan.inputs for f in ckpt.weight_files})
+
+
 def _merge_one(
     plan: MergePlan,
     out: Path,
@@ -217,7 +223,7 @@ def _merge_one(
     start = time.perf_counter()
     cfg = plan.config
     _check_out_dir(out, plan)
-    files = sorted({f for ckpt in plan.inputs for f in ckpt.weight_files})
+    files = _weight_files(plan)
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-sha256")
     try:
         digests = {f: hasher.submit(sha256_file, f) for f in files}
@@ -229,6 +235,7 @@ def _merge_one(
             copy_support_files(plan.reference.path, plan.tokenizer_dir, tmp)
             hashes = {f: d.result() for f, d in digests.items()}
             write_model_card(tmp, cfg, hashes, len(plan.jobs), sequence)
+            write_fingerprints(tmp, files)
     finally:
         hasher.shutdown(wait=True, cancel_futures=True)
     return MergeResult(
@@ -287,13 +294,15 @@ def run_merge(
         seq = plan_sequence(configs, out, steps_dir.absolute())
         hashes: dict[Path, str] = {}
         for step, step_out in zip(seq.steps[:-1], seq.outputs[:-1], strict=True):
+            plan = build_plan(step, step.source)
             if (
                 keep
                 and (step_out / "merge_config.yaml").is_file()
                 and ((step_out / "merge_config.yaml").read_text(encoding="utf-8") == step.to_yaml())
+                and inputs_unchanged(step_out, _weight_files(plan))
             ):
-                continue  # finished by an earlier run with this very step
-            hashes |= merge_one(build_plan(step, step.source), step_out).input_hashes
+                continue  # finished by an earlier run with this very step and these very inputs
+            hashes |= merge_one(plan, step_out).input_hashes
         card = SequenceCard(seq.order, [c.to_yaml() for c in configs], hashes)
         last = merge_one(build_plan(seq.steps[-1], seq.steps[-1].source), out, sequence=card)
     finally:

@@ -35,6 +35,33 @@ def sha256_file(path: Path, chunk: int = 16 * 1024 * 1024) -> str:
     return h.hexdigest()
 
 
+FINGERPRINTS = "merge_inputs.json"
+
+
+def _fingerprints(files: list[Path]) -> dict[str, list[int]]:
+    """(size, mtime in ns) of each file: what a rerun compares to tell whether an input changed."""
+    out = {}
+    for f in files:
+        st = f.stat()
+        out[str(f.resolve())] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def write_fingerprints(out_dir: Path, files: list[Path]) -> None:
+    """Record the inputs' weight files (size, mtime) next to the merge, for `inputs_unchanged`."""
+    (out_dir / FINGERPRINTS).write_text(json.dumps(_fingerprints(files), indent=1) + "\n", encoding="utf-8")
+
+
+def inputs_unchanged(out_dir: Path, files: list[Path]) -> bool:
+    """Whether `out_dir` was merged from exactly these files, none of them rewritten since (same size and
+    modification time, the test make and rsync use; the sha256 in the model card is the exact record)."""
+    try:
+        recorded = json.loads((out_dir / FINGERPRINTS).read_text(encoding="utf-8"))
+        return bool(recorded == _fingerprints(files))
+    except (OSError, ValueError):
+        return False
+
+
 def write_config(src_dir: Path, out_dir: Path, dtype_name: str | None) -> None:
     """Copy config.json, recording the output dtype under `dtype` (and `torch_dtype` if the file uses it)."""
     config = json.loads((src_dir / "config.json").read_text(encoding="utf-8"))
