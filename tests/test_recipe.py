@@ -101,3 +101,25 @@ def test_fingerprints(tmp_path):
     f1 = dir_fingerprint(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"1")
     assert dir_fingerprint(tmp_path) != f1
+
+
+def test_teacher_pool_limits_and_prices_reach_the_client_config():
+    from branchmerge.recipe.schema import TeacherSpec
+    from branchmerge.teachers.client import TeacherConfig
+
+    spec = TeacherSpec(
+        name="kimi",
+        base_url=["http://a/v1", "http://b/v1"],
+        model="k2",
+        requests_per_min=500,
+        tokens_per_min=2e6,
+        price_prompt=0.6,
+        price_completion=2.5,
+        extra_body={"reasoning_effort": "high"},
+    )
+    passed = spec.model_dump(exclude={"name", "checkpoint", "base_url", "model"})
+    cfg = TeacherConfig(name=spec.name, base_url=spec.base_url, model=spec.model, **passed)
+    assert cfg.urls == ["http://a/v1", "http://b/v1"] and cfg.requests_per_min == 500
+    assert cfg.cost(1e6, 1e6) == pytest.approx(3.1) and cfg.extra_body == {"reasoning_effort": "high"}
+    with pytest.raises(ValueError, match="requests_per_min"):
+        TeacherSpec(name="t", base_url="http://a/v1", model="m", requests_per_min=0)

@@ -50,10 +50,18 @@ class TeacherSpec(_Spec):
 
     name: str
     checkpoint: str | None = None
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # one endpoint, or several servers of the same model (a pool)
     model: str | None = None
     api_key_env: str | None = None
-    max_concurrency: int = Field(default=8, gt=0)
+    max_concurrency: int = Field(default=8, gt=0)  # per endpoint
+    # Passed to the client as they are (see teachers.client.TeacherConfig):
+    requests_per_min: float | None = Field(default=None, gt=0)
+    tokens_per_min: float | None = Field(default=None, gt=0)
+    price_prompt: float | None = Field(default=None, ge=0)  # USD per million tokens
+    price_completion: float | None = Field(default=None, ge=0)
+    timeout_s: float = Field(default=120, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSpec:

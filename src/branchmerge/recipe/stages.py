@@ -44,14 +44,9 @@ def generate_stage(
     from branchmerge.teachers.client import TeacherConfig, generate_traces
     from branchmerge.teachers.serve import running_server
 
-    def call(base_url: str, model: str) -> Any:
-        cfg = TeacherConfig(
-            name=teacher.name,
-            base_url=base_url,
-            model=model,
-            api_key_env=teacher.api_key_env,
-            max_concurrency=teacher.max_concurrency,
-        )
+    def call(base_url: str | list[str], model: str) -> Any:
+        passed = teacher.model_dump(exclude={"name", "checkpoint", "base_url", "model"})
+        cfg = TeacherConfig(name=teacher.name, base_url=base_url, model=model, **passed)
         return generate_traces(
             problems,
             cfg,
