@@ -111,3 +111,64 @@ def test_train_without_examples_is_an_error(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="no SFT examples"):
         train_sft([], tiny_model_dir, tmp_path / "x", show_progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_reasoning_field_layout_renders_like_think_tags_and_is_refused_where_ignored(tokenizer):
+    import copy
+
+    from branchmerge.errors import BranchmergeError
+
+    p = Problem(id="p", domain="add", question="What is 2+2?", reference="4")
+    ok = Trace(
+        problem_id="p",
+        teacher="t",
+        model="m",
+        sample=0,
+        temperature=0.6,
+        reasoning="2+2=4",
+        answer="4",
+        verified=True,
+    )
+    with pytest.raises(BranchmergeError, match="never reads reasoning_content"):
+        build_sft_examples([ok], {"p": p}, tokenizer, layout="field")
+    assert (
+        build_sft_examples([ok], {"p": p}, tokenizer, layout="auto")[0][0]
+        .messages[1]["content"]
+        .startswith("<think>")
+    )
+    # A Qwen3-style template that renders the field itself: the same text, so the same token count.
+    qwen = copy.deepcopy(tokenizer)
+    qwen.chat_template = tokenizer.chat_template.replace(
+        "message['content']",
+        "(('<think>\\n' + message['reasoning_content'] + '\\n</think>\\n\\n') "
+        "if message.get('reasoning_content') else '') + message['content']",
+    )
+    (think,), _ = build_sft_examples([ok], {"p": p}, qwen, layout="think")
+    (field,), _ = build_sft_examples([ok], {"p": p}, qwen, layout="auto")
+    assert field.messages[1] == {"role": "assistant", "content": "4", "reasoning_content": "2+2=4"}
+    assert field.num_tokens == think.num_tokens
+
+
+def test_sft_stats_histogram_and_datasets_folder(add_examples, tmp_path):
+    import datasets
+
+    from branchmerge.train.sft_data import length_histogram, save_as_dataset, sft_stats
+
+    examples = add_examples
+    stats = sft_stats(examples)
+    lengths = sorted(e.num_tokens for e in examples)
+    assert (
+        stats["examples"] == 48
+        and stats["total_tokens"] == sum(lengths)
+        and stats["max_tokens"] == lengths[-1]
+    )
+    assert sum(stats["per_domain"].values()) == 48 and stats["per_teacher"] == {"t": 48}
+    length_histogram(examples, tmp_path / "h.png")
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    save_as_dataset(examples, tmp_path / "ds")
+    back = datasets.load_from_disk(str(tmp_path / "ds"))
+    assert (
+        len(back) == 48
+        and back[3]["messages"] == examples[3].messages
+        and back[3]["domain"] == examples[3].domain
+    )

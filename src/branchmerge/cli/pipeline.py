@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -66,8 +66,17 @@ def build_sft(
     ],
     out: Annotated[Path, typer.Option("--out", help="SFT examples JSONL.")],
     max_length: Annotated[int, typer.Option("--max-length", help="Drop longer examples.")] = 4096,
+    layout: Annotated[
+        str,
+        typer.Option("--layout", help="think (<think> in content), field (reasoning_content) or auto."),
+    ] = "think",
+    dataset: Annotated[
+        Path | None, typer.Option("--dataset", help="Also save a `datasets` folder here.")
+    ] = None,
 ) -> None:
-    """Turn verified traces into chat SFT examples in the Qwen3 thinking layout.
+    """Turn verified traces into chat SFT examples in the Qwen3 thinking layout, with stats.
+
+    Writes OUT, OUT's stem + .stats.json and + .lengths.png (a length histogram per domain).
 
     Example: branchmerge build-sft verified.jsonl --problems problems.jsonl --student ./student --out sft.jsonl
     """
@@ -75,11 +84,30 @@ def build_sft(
 
     from branchmerge.teachers.local import check_model_dir
     from branchmerge.train import build_sft_examples
+    from branchmerge.train.sft_data import Layout, length_histogram, save_as_dataset, sft_stats
 
+    if layout not in ("think", "field", "auto"):
+        raise BranchmergeError(f"--layout: '{layout}' is not one of think, field, auto")
     tok = AutoTokenizer.from_pretrained(check_model_dir(student))
-    examples, report = build_sft_examples(read_jsonl(traces, Trace), _problems(problems), tok, max_length)
+    examples, report = build_sft_examples(
+        read_jsonl(traces, Trace),
+        _problems(problems),
+        tok,
+        max_length,
+        layout=cast(Layout, layout),
+    )
     write_jsonl(out, examples)
+    stats = sft_stats(examples, report)
+    (out.parent / f"{out.stem}.stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    if examples:
+        length_histogram(examples, out.parent / f"{out.stem}.lengths.png")
+    if dataset is not None:
+        save_as_dataset(examples, dataset)
     console.print(f"{report.examples} examples ({report.tokens} tokens), {report.too_long} too long → {out}")
+    console.print(
+        f"max {stats['max_tokens']} tokens, median {stats['p50_tokens']}, p90 {stats['p90_tokens']}; "
+        f"per domain {stats['per_domain']}; per teacher {stats['per_teacher']}"
+    )
 
 
 @command("train")
