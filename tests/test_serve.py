@@ -289,3 +289,16 @@ def test_max_tokens_stop_at_the_end_of_the_context() -> None:
     with running_app(build_app(model, context_length=3)) as root:
         r = httpx.post(f"{root}/v1/chat/completions", json={"messages": USER})
     assert r.status_code == 400 and "context is 3 tokens" in r.json()["error"]["message"]
+
+
+def test_shutdown_finishes_the_requests_in_flight() -> None:
+    model = FakeModel()
+    model.gate.clear()  # the request is being decoded when the server is told to stop
+    pool = ThreadPoolExecutor(1)
+    with running_app(build_app(model)) as root:
+        pending = pool.submit(httpx.post, f"{root}/v1/chat/completions", json={"messages": USER}, timeout=30)
+        assert model.entered.wait(10)
+        threading.Timer(0.5, model.gate.set).start()  # decoding ends after the shutdown began
+    response = pending.result()  # leaving the block stopped the server; the request still completed
+    pool.shutdown()
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "b"
