@@ -90,7 +90,9 @@ def test_intermediate_step_is_merged_again_when_an_input_changed(tmp_path, abc, 
     run_merge(cfg, tmp_path / "final", show_progress=False, intermediate_dir=tmp_path / "steps")
     step_file = tmp_path / "steps" / "ab" / "model.safetensors"
     first = step_file.read_bytes()
-    shutil.copy(make_checkpoint(seed=21) / "model.safetensors", a2 / "model.safetensors")  # retrained in place
+    shutil.copy(
+        make_checkpoint(seed=21) / "model.safetensors", a2 / "model.safetensors"
+    )  # retrained in place
     run_merge(cfg, tmp_path / "final", show_progress=False, intermediate_dir=tmp_path / "steps")
     assert step_file.read_bytes() != first  # the same YAML, but a changed input: not reused
 

@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, Trace, read_jsonl
-from branchmerge.teachers.client import TeacherConfig, load_teachers, plan_generation
+from branchmerge.teachers.client import TeacherConfig, plan_generation
+from branchmerge.teachers.config import load_teachers
 from branchmerge.teachers.pool import EndpointPool, TokenBucket
 from branchmerge.teachers.serve import running_app
 from test_client import PROBLEMS, fake_openai, ok, run

@@ -51,7 +51,8 @@ def generate(
 
     Example: branchmerge generate problems.jsonl --out traces.jsonl --base-url http://127.0.0.1:8000/v1 --model teacher --temperature 0.6 --temperature 1.0
     """
-    from branchmerge.teachers.client import TeacherConfig, generate_traces, load_teachers, plan_generation
+    from branchmerge.teachers.client import TeacherConfig, generate_traces, plan_generation
+    from branchmerge.teachers.config import load_teachers
 
     if teachers is not None:
         if base_url or model:
@@ -75,7 +76,13 @@ def generate(
     temperatures = tuple(temperature or [0.6])
     if dry_run:
         plans = plan_generation(
-            items, configs, out, n=n, temperatures=temperatures, max_tokens=max_tokens, seed=seed,
+            items,
+            configs,
+            out,
+            n=n,
+            temperatures=temperatures,
+            max_tokens=max_tokens,
+            seed=seed,
             retry_errors=retry_errors,
         )
         table = Table(
@@ -102,7 +109,14 @@ def generate(
         console.print(table)
         return
     s = generate_traces(
-        items, configs, out, n=n, temperatures=temperatures, top_p=top_p, max_tokens=max_tokens, seed=seed,
+        items,
+        configs,
+        out,
+        n=n,
+        temperatures=temperatures,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        seed=seed,
         retry_errors=retry_errors,
     )
     table = Table(

@@ -248,7 +248,9 @@ class TensorReader:
             return handle[name].clone()
         return handle.read(name)
 
-    def lazy(self, ckpt: Checkpoint, name: str, dtype: torch.dtype | None, device: torch.device) -> LazyTensor:
+    def lazy(
+        self, ckpt: Checkpoint, name: str, dtype: torch.dtype | None, device: torch.device
+    ) -> LazyTensor:
         """A safetensors tensor as a LazyTensor, read in `dtype` (else its own) onto `device`."""
         file = ckpt.tensors[name].file
         handle = self._handles.get(file) or self._handles.setdefault(file, _SafetensorsFile(file))

@@ -153,7 +153,9 @@ class TensorStream:
 
     def write(self, part: torch.Tensor) -> None:
         if part.dtype != self.dtype:
-            raise RuntimeError(f"merge writer: a piece of '{self.name}' is {part.dtype}, planned {self.dtype}")
+            raise RuntimeError(
+                f"merge writer: a piece of '{self.name}' is {part.dtype}, planned {self.dtype}"
+            )
         data = part.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
         if self.written + data.numel() > self.size:
             raise RuntimeError(f"merge writer: '{self.name}' got more than its {self.size} bytes")

@@ -191,9 +191,7 @@ def drop_random(delta: torch.Tensor, density: float, seed: int) -> torch.Tensor:
     if density >= 1:
         return delta
     flat_delta = delta.reshape(-1)
-    mask = torch.cat(
-        [_drop_mask(seed, density, sl, delta.device) for sl in chunk_slices(flat_delta.numel())]
-    )
+    mask = torch.cat([_drop_mask(seed, density, sl, delta.device) for sl in chunk_slices(flat_delta.numel())])
     return torch.where(mask, flat_delta, 0).view_as(delta)
 
 
