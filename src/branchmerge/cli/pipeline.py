@@ -35,26 +35,73 @@ def serve(
     run_server(model, host=host, port=port, max_batch=max_batch)
 
 
+PROCESSORS = ("verify", "dedup", "decontaminate")
+
+
 @command("process")
 def process(
-    step: Annotated[str, typer.Argument(help="Processor: verify.")],
+    step: Annotated[str, typer.Argument(help=f"Processor: {', '.join(PROCESSORS)}.")],
     traces: Annotated[Path, typer.Argument(help="Traces JSONL.")],
     problems: Annotated[Path, typer.Option("--problems", help="Problems JSONL the traces answer.")],
     out: Annotated[Path, typer.Option("--out", help="Output traces JSONL (kept traces).")],
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="dedup: Jaccard similarity of near duplicates.")
+    ] = 0.8,
+    benchmark: Annotated[
+        list[Path] | None,
+        typer.Option("--benchmark", help="decontaminate: benchmark Problems JSONL (repeatable)."),
+    ] = None,
+    ngram: Annotated[int, typer.Option("--ngram", help="decontaminate: words per shared n-gram.")] = 13,
 ) -> None:
-    """Run a CoT processor over traces. `verify` grades answers and keeps the correct ones.
+    """Run a CoT processor over traces; writes the kept traces and OUT's stem + .counts.json (per domain,
+    before and after, and why the rest went).
+
+    verify grades answers and keeps the correct ones; dedup drops traces of exactly or nearly repeated
+    questions (MinHash LSH); decontaminate drops traces sharing an n-gram with a benchmark question.
 
     Example: branchmerge process verify traces.jsonl --problems problems.jsonl --out verified.jsonl
     """
-    from branchmerge.cot.verify import verify_traces
+    from collections import Counter
 
-    if step != "verify":
-        raise BranchmergeError(f"process: '{step}' is not a processor (known: verify)")
-    kept, report = verify_traces(read_jsonl(traces, Trace), _problems(problems))
+    from rich.table import Table
+
+    from branchmerge.cot.counts import count_step
+
+    if step not in PROCESSORS:
+        raise BranchmergeError(f"process: '{step}' is not a processor (known: {', '.join(PROCESSORS)})")
+    before = read_jsonl(traces, Trace)
+    by_id = _problems(problems)
+    missing = sorted({t.problem_id for t in before} - set(by_id))
+    if missing:
+        raise BranchmergeError(f"{traces}: traces of problems not in {problems}, e.g. '{missing[0]}'")
+    if step == "verify":
+        from branchmerge.cot.verify import verify_traces
+
+        kept, report = verify_traces(before, by_id)
+        removed = Counter({"not verified": report.dropped})
+        for row in report.rows():
+            console.print(row)
+    elif step == "dedup":
+        from branchmerge.cot.dedup import dedup_traces
+
+        kept, removed, _ = dedup_traces(before, by_id, threshold)
+    else:
+        from branchmerge.cot.decontaminate import decontaminate_traces
+
+        if not benchmark:
+            raise BranchmergeError("decontaminate: name the benchmark files with --benchmark FILE")
+        items = [p for f in benchmark for p in read_jsonl(f, Problem)]
+        kept, removed, found = decontaminate_traces(before, by_id, items, ngram)
+        write_jsonl(out.parent / f"{out.stem}.contamination.jsonl", found)
     write_jsonl(out, kept)
-    for row in report.rows():
-        console.print(row)
-    console.print(f"kept {report.kept}, dropped {report.dropped} → {out}")
+    counts = count_step(step, before, kept, by_id, removed)
+    counts.write(out.parent / f"{out.stem}.counts.json")
+    table = Table("domain", "before", "after", title=f"process {step}: {len(before)} → {len(kept)} traces")
+    for domain, b, a in counts.rows():
+        table.add_row(domain, str(b), str(a))
+    console.print(table)
+    for reason, n in counts.removed.items():
+        console.print(f"removed {n}: {reason}")
 
 
 @command("build-sft")
