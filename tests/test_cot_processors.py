@@ -134,3 +134,73 @@ def test_process_command_writes_kept_traces_and_the_count_table(tmp_path: Path) 
         ],
     )
     assert bad.exit_code == 2 and "--benchmark" in bad.output
+
+
+def _scored(
+    pid: str, sample: int, rv: int | None, cd: int | None, tokens: int, verified: bool = True
+) -> Trace:
+    return Trace(
+        problem_id=pid,
+        teacher="t",
+        model="m",
+        sample=sample,
+        temperature=0.6,
+        rv=rv,
+        cd=cd,
+        completion_tokens=tokens,
+        verified=verified,
+        reasoning="r",
+        answer="a",
+    )
+
+
+def test_sample_bands_shortest_per_problem_and_domain_shares() -> None:
+    from branchmerge.cot.sample import SampleSpec, sample_traces
+
+    problems = {
+        p.id: p for p in [_problem("a", "qa"), _problem("b", "qb"), _problem("s", "qs", domain="sort")]
+    }
+    traces = [
+        _scored("a", 0, rv=5, cd=4, tokens=90),
+        _scored("a", 1, rv=5, cd=4, tokens=40),
+        _scored("a", 2, rv=9, cd=4, tokens=10),  # too verbose
+        _scored("a", 3, rv=5, cd=4, tokens=5, verified=False),  # shortest, but wrong
+        _scored("b", 0, rv=None, cd=4, tokens=50),  # never scored: dropped and counted, no default
+        _scored("s", 0, rv=3, cd=2, tokens=60),
+        _scored("s", 1, rv=4, cd=8, tokens=70),  # too hard
+    ]
+    kept, removed = sample_traces(traces, problems, SampleSpec(rv=(2, 6), cd=(0, 6), per_problem="shortest"))
+    assert [(t.problem_id, t.sample) for t in kept] == [("a", 1), ("s", 0)]
+    assert removed == {
+        "rv outside 2-6": 1,
+        "no rv score": 1,
+        "cd outside 0-6": 1,
+        "not the shortest of its problem": 2,
+    }
+    kept, removed = sample_traces(traces, problems, SampleSpec(caps={"math": 2}, seed=3))
+    assert sum(problems[t.problem_id].domain == "math" for t in kept) == 2 and len(kept) == 4
+    assert removed == {"over its domain's share": 3}
+    again, _ = sample_traces(traces, problems, SampleSpec(caps={"math": 2}, seed=3))
+    assert again == kept
+
+
+def test_process_sample_parses_its_options(tmp_path: Path) -> None:
+    problems = [_problem("a", "qa")]
+    write_jsonl(tmp_path / "p.jsonl", problems)
+    write_jsonl(tmp_path / "t.jsonl", [_scored("a", 0, 5, 5, 10), _scored("a", 1, 8, 5, 10)])
+    args = [
+        "process",
+        "sample",
+        str(tmp_path / "t.jsonl"),
+        "--problems",
+        str(tmp_path / "p.jsonl"),
+        "--out",
+        str(tmp_path / "k.jsonl"),
+    ]
+    ok = CliRunner().invoke(app, [*args, "--rv", "0:6"])
+    assert ok.exit_code == 0, ok.output
+    assert [t.sample for t in read_jsonl(tmp_path / "k.jsonl", Trace)] == [0]
+    bad = CliRunner().invoke(app, [*args, "--rv", "six"])
+    assert bad.exit_code == 2 and "LOW:HIGH" in bad.output
+    bad = CliRunner().invoke(app, [*args, "--cap", "math"])
+    assert bad.exit_code == 2 and "DOMAIN=NUMBER" in bad.output

@@ -30,7 +30,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, write_jsonl
 
+T = TypeVar("T")
 PROBLEM_FIELDS = ("id", "domain", "question", "reference", "level", "difficulty")
 
 
@@ -197,24 +198,38 @@ def dedup(problems: list[Problem]) -> tuple[list[Problem], Counter[str]]:
     return kept, removed
 
 
-def targets(available: Counter[str], spec: CollectSpec) -> dict[str, int]:
-    """How many problems each domain keeps: its weighted share of `total` (largest remainders), then caps."""
+def targets(
+    available: Counter[str],
+    caps: dict[str, int] | None = None,
+    weights: dict[str, float] | None = None,
+    total: int | None = None,
+) -> dict[str, int]:
+    """How many items each domain keeps: its weighted share of `total` (largest remainders), then caps.
+    Shared by `collect` (problems) and `process sample` (traces)."""
     out = dict(available)
-    if spec.weights:
-        assert spec.total is not None
-        weight_sum = sum(spec.weights.get(d, 0.0) for d in available)
+    if weights:
+        if total is None:
+            raise BranchmergeError("weights need a total (how many in all)")
+        weight_sum = sum(weights.get(d, 0.0) for d in available)
         if weight_sum <= 0:
-            raise BranchmergeError("weights: no domain that was read has a positive weight")
-        exact = {d: spec.total * spec.weights.get(d, 0.0) / weight_sum for d in available}
+            raise BranchmergeError("weights: no domain present has a positive weight")
+        exact = {d: total * weights.get(d, 0.0) / weight_sum for d in available}
         out = {d: int(x) for d, x in exact.items()}
-        for d in sorted(exact, key=lambda d: exact[d] - out[d], reverse=True)[
-            : spec.total - sum(out.values())
-        ]:
+        by_remainder = sorted(exact, key=lambda d: exact[d] - out[d], reverse=True)
+        for d in by_remainder[: total - sum(out.values())]:
             out[d] += 1
-    for d, cap in spec.caps.items():
+    for d, cap in (caps or {}).items():
         if d in out:
             out[d] = min(out[d], cap)
     return out
+
+
+def draw(items: list[T], n: int, rng: random.Random) -> list[T]:
+    """n of the items without replacement, in their original order (all of them when n >= len)."""
+    if n >= len(items):
+        return list(items)
+    picked = set(rng.sample(range(len(items)), n))
+    return [x for i, x in enumerate(items) if i in picked]
 
 
 def collect(spec: CollectSpec, out_path: str | Path, base_dir: str | Path = ".") -> CollectReport:
@@ -231,15 +246,11 @@ def collect(spec: CollectSpec, out_path: str | Path, base_dir: str | Path = ".")
     read = Counter(p.domain for p in problems)
     kept, removed = dedup(problems)
     available = Counter(p.domain for p in kept)
-    want = targets(available, spec)
+    want = targets(available, spec.caps, spec.weights, spec.total)
     rng = random.Random(spec.seed)
     chosen: list[Problem] = []
     for domain in sorted(available):
-        pool = [p for p in kept if p.domain == domain]
-        take = min(want[domain], len(pool))
-        picked = pool if take == len(pool) else rng.sample(pool, take)
-        order = {id(p): i for i, p in enumerate(pool)}
-        chosen += sorted(picked, key=lambda p: order[id(p)])  # keep source order within a domain
+        chosen += draw([p for p in kept if p.domain == domain], want[domain], rng)
     write_jsonl(out_path, chosen)
     final = Counter(p.domain for p in chosen)
     resampled = bool(spec.caps or spec.weights)

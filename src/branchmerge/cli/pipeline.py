@@ -35,7 +35,30 @@ def serve(
     run_server(model, host=host, port=port, max_batch=max_batch)
 
 
-PROCESSORS = ("verify", "dedup", "decontaminate")
+PROCESSORS = ("verify", "dedup", "decontaminate", "sample")
+
+
+def _band(option: str, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        low, high = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise BranchmergeError(f"{option} {value!r}: expected LOW:HIGH, e.g. 3:7") from None
+    return low, high
+
+
+def _per_domain(option: str, values: list[str] | None, kind: type) -> dict:
+    out = {}
+    for v in values or []:
+        domain, sep, number = v.partition("=")
+        try:
+            out[domain] = kind(number)
+        except ValueError:
+            sep = ""
+        if not sep or not domain:
+            raise BranchmergeError(f"{option} {v!r}: expected DOMAIN=NUMBER, e.g. math=500")
+    return out
 
 
 @command("process")
@@ -52,12 +75,26 @@ def process(
         typer.Option("--benchmark", help="decontaminate: benchmark Problems JSONL (repeatable)."),
     ] = None,
     ngram: Annotated[int, typer.Option("--ngram", help="decontaminate: words per shared n-gram.")] = 13,
+    rv: Annotated[str | None, typer.Option("--rv", help="sample: keep RV in LOW:HIGH.")] = None,
+    cd: Annotated[str | None, typer.Option("--cd", help="sample: keep CD in LOW:HIGH.")] = None,
+    per_problem: Annotated[
+        str, typer.Option("--per-problem", help="sample: all, or shortest (verified) trace per problem.")
+    ] = "all",
+    cap: Annotated[list[str] | None, typer.Option("--cap", help="sample: DOMAIN=N, repeatable.")] = None,
+    weight: Annotated[
+        list[str] | None, typer.Option("--weight", help="sample: DOMAIN=W, repeatable.")
+    ] = None,
+    total: Annotated[
+        int | None, typer.Option("--total", help="sample: traces in all, with --weight.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="sample: seed of the per-domain draw.")] = 0,
 ) -> None:
     """Run a CoT processor over traces; writes the kept traces and OUT's stem + .counts.json (per domain,
     before and after, and why the rest went).
 
     verify grades answers and keeps the correct ones; dedup drops traces of exactly or nearly repeated
-    questions (MinHash LSH); decontaminate drops traces sharing an n-gram with a benchmark question.
+    questions (MinHash LSH); decontaminate drops traces sharing an n-gram with a benchmark question; sample
+    keeps RV/CD in range, optionally the shortest verified trace per problem, and per-domain caps/weights.
 
     Example: branchmerge process verify traces.jsonl --problems problems.jsonl --out verified.jsonl
     """
@@ -85,6 +122,24 @@ def process(
         from branchmerge.cot.dedup import dedup_traces
 
         kept, removed, _ = dedup_traces(before, by_id, threshold)
+    elif step == "sample":
+        from pydantic import ValidationError
+
+        from branchmerge.cot.sample import SampleSpec, sample_traces
+
+        try:
+            spec = SampleSpec(
+                rv=_band("--rv", rv),
+                cd=_band("--cd", cd),
+                per_problem=per_problem,
+                caps=_per_domain("--cap", cap, int),
+                weights=_per_domain("--weight", weight, float),
+                total=total,
+                seed=seed,
+            )
+        except ValidationError as e:
+            raise BranchmergeError(f"sample: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+        kept, removed = sample_traces(before, by_id, spec)
     else:
         from branchmerge.cot.decontaminate import decontaminate_traces
 
