@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from branchmerge.cot.text import normalize
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, write_jsonl
 
@@ -180,16 +180,12 @@ def to_problems(source: SourceSpec, rows: Iterator[dict[str, Any]]) -> list[Prob
     return out
 
 
-def _normal(question: str) -> str:
-    return re.sub(r"\s+", " ", question.strip()).casefold()
-
-
 def dedup(problems: list[Problem]) -> tuple[list[Problem], Counter[str]]:
     """Drop exact duplicate questions (after whitespace and case normalisation); first one wins."""
     seen: set[str] = set()
     kept, removed = [], Counter[str]()
     for p in problems:
-        key = _normal(p.question)
+        key = normalize(p.question)
         if key in seen:
             removed[p.domain] += 1
         else:

@@ -9,11 +9,11 @@ the benchmark item and the n-gram that matched, so a false positive can be seen 
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 from pydantic import BaseModel
 
+from branchmerge.cot.text import words
 from branchmerge.records import Problem, Trace
 
 
@@ -24,15 +24,11 @@ class Contamination(BaseModel):
     ngram: str
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.casefold())
-
-
 def ngrams(text: str, n: int) -> set[str]:
-    words = _words(text)
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+    ws = words(text)
+    if len(ws) < n:
+        return {" ".join(ws)} if ws else set()
+    return {" ".join(ws[i : i + n]) for i in range(len(ws) - n + 1)}
 
 
 def benchmark_index(benchmarks: list[Problem], n: int = 13) -> dict[str, str]:

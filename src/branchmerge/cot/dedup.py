@@ -10,11 +10,11 @@ lose theirs. The MinHash is seeded, so a rerun removes the same traces.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 from datasketch import MinHash, MinHashLSH
 
+from branchmerge.cot.text import normalize, words
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, Trace
 
@@ -22,15 +22,11 @@ NUM_PERM = 128
 MAX_THRESHOLD = 0.98  # above this, datasketch cannot split 128 permutations into >= 2 bands
 
 
-def _normal(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip()).casefold()
-
-
 def shingles(text: str, n: int = 3) -> set[str]:
-    words = re.findall(r"\w+", text.casefold())
-    if len(words) < n:
-        return set(words)
-    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+    ws = words(text)
+    if len(ws) < n:
+        return set(ws)
+    return {" ".join(ws[i : i + n]) for i in range(len(ws) - n + 1)}
 
 
 def _minhash(text: str) -> MinHash:
@@ -52,7 +48,7 @@ def duplicate_problems(questions: dict[str, str], threshold: float = 0.8) -> dic
     seen_exact: dict[str, str] = {}
     out: dict[str, tuple[str, str]] = {}
     for pid, question in questions.items():
-        key = _normal(question)
+        key = normalize(question)
         if key in seen_exact:
             out[pid] = (seen_exact[key], "exact")
             continue

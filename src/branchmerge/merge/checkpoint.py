@@ -237,13 +237,16 @@ class TensorReader:
     def __init__(self) -> None:
         self._handles: dict[Path, _SafetensorsFile | dict[str, torch.Tensor]] = {}
 
-    def read(self, ckpt: Checkpoint, name: str) -> torch.Tensor:
-        file = ckpt.tensors[name].file
+    def _handle(self, file: Path) -> _SafetensorsFile | dict[str, torch.Tensor]:
+        """The file's handle, opened on first use (.bin: memory-mapped, tensors paged in as they are used)."""
         handle = self._handles.get(file)
         if handle is None:
-            # .bin: memory-mapped, tensors are paged in as they are used
             handle = load_pickled(file) if file.suffix == ".bin" else _SafetensorsFile(file)
             self._handles[file] = handle
+        return handle
+
+    def read(self, ckpt: Checkpoint, name: str) -> torch.Tensor:
+        handle = self._handle(ckpt.tensors[name].file)
         if isinstance(handle, dict):
             return handle[name].clone()
         return handle.read(name)
@@ -252,9 +255,8 @@ class TensorReader:
         self, ckpt: Checkpoint, name: str, dtype: torch.dtype | None, device: torch.device
     ) -> LazyTensor:
         """A safetensors tensor as a LazyTensor, read in `dtype` (else its own) onto `device`."""
-        file = ckpt.tensors[name].file
-        handle = self._handles.get(file) or self._handles.setdefault(file, _SafetensorsFile(file))
-        assert isinstance(handle, _SafetensorsFile)
+        handle = self._handle(ckpt.tensors[name].file)
+        assert isinstance(handle, _SafetensorsFile), "only safetensors files are read lazily"
         return LazyTensor(handle, name, dtype or SAFETENSORS_DTYPES[handle.header[name]["dtype"]], device)
 
     def __enter__(self) -> TensorReader:

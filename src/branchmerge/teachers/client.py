@@ -233,10 +233,10 @@ async def _post_once(client: httpx.AsyncClient, url: str, body: dict[str, Any]) 
 
 
 async def _post(
-    client: httpx.AsyncClient, url: str, body: dict[str, Any], teacher: TeacherConfig, retries: list[int]
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], teacher: TeacherConfig, stats: TeacherStats
 ) -> tuple[dict[str, Any], float]:
-    """POST with retries; returns (response JSON, latency of the attempt that succeeded). `retries[0]` counts
-    the retries made."""
+    """POST with retries (counted in `stats.retries`); returns (response JSON, latency of the attempt that
+    succeeded)."""
     for attempt in range(teacher.max_retries + 1):
         t0 = time.perf_counter()
         try:
@@ -250,7 +250,7 @@ async def _post(
                 if e.retry_after is not None
                 else teacher.backoff_s * 2**attempt * random.random()
             )
-            retries[0] += 1
+            stats.retries += 1
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -371,9 +371,7 @@ class _Run:
     stats: TeacherStats
 
 
-async def _ask(
-    client: httpx.AsyncClient, run: _Run, job: _Job, sampling: dict[str, Any], retries: list[int]
-) -> list[Trace]:
+async def _ask(client: httpx.AsyncClient, run: _Run, job: _Job, sampling: dict[str, Any]) -> list[Trace]:
     """One request's traces: the answers, or one error trace per sample when the request failed."""
     teacher, stats = run.teacher, run.stats
     body = {
@@ -390,7 +388,7 @@ async def _ask(
     endpoint = await run.pool.acquire(reserved)
     used: float | None = None
     try:
-        data, latency_s = await _post(client, endpoint.url, body, teacher, retries)
+        data, latency_s = await _post(client, endpoint.url, body, teacher, stats)
         usage = data.get("usage") or {}
         used = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
     except _Failed as e:
@@ -480,12 +478,11 @@ async def agenerate(
                 f"generate {run.teacher.name}", total=len(run.todo), errors=0, rps=0, tps=0
             )
             queue = iter(run.todo)  # workers pull from one iterator: the pool bounds what is in flight
-            retries = [0]
             start = time.perf_counter()
 
             async def worker(client: httpx.AsyncClient) -> None:
                 for job in queue:
-                    traces = await _ask(client, run, job, sampling, retries)
+                    traces = await _ask(client, run, job, sampling)
                     new = [
                         t for t in traces if t.key not in present
                     ]  # a partly written request keeps its lines
@@ -511,7 +508,6 @@ async def agenerate(
                 headers=headers[run.teacher.name], timeout=run.teacher.timeout_s, limits=limits
             ) as client:
                 await asyncio.gather(*(worker(client) for _ in range(min(run.pool.capacity, len(run.todo)))))
-            run.stats.retries = retries[0]
             run.stats.cost_usd = run.teacher.cost(run.stats.prompt_tokens, run.stats.completion_tokens)
 
         await asyncio.gather(*(drive(run) for run in runs))
@@ -562,10 +558,11 @@ def plan_generation(
     for teacher in configs:
         todo, skipped = _pending(problems, teacher, present, n, temperatures, seed)
         prompt = sum(estimate_prompt_tokens(job.problem.question) for job in todo)
-        completion = max_tokens * sum(len(job.samples) for job in todo)
+        samples = sum(len(job.samples) for job in todo)
+        completion = max_tokens * samples
         plans[teacher.name] = TeacherPlan(
             requests=len(todo),
-            samples=sum(len(job.samples) for job in todo),
+            samples=samples,
             skipped=skipped,
             prompt_tokens=prompt,
             completion_tokens_max=completion,
