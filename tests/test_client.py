@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from branchmerge.errors import BranchmergeError
@@ -21,38 +20,18 @@ from branchmerge.teachers.client import (
     request_seed,
 )
 from branchmerge.teachers.serve import running_app, running_server
+from fakes import fake_openai, ok
 
 PROBLEMS = [
     Problem(id=f"p{i}", domain="arith", question=f"What is {i} + {i}?", reference=str(2 * i))
     for i in range(3)
 ]
-Answer = Callable[[int, dict[str, Any]], JSONResponse]
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> Iterator[TeacherConfig]:
     with running_server(tiny_model_dir) as base_url:
         yield TeacherConfig(name="tiny", base_url=base_url, model=tiny_model_dir.name)
-
-
-def fake_openai(answer: Answer) -> tuple[FastAPI, list[dict[str, Any]]]:
-    """A stand-in endpoint: `answer(call_number, body)` decides each response; calls are recorded."""
-    app = FastAPI()
-    calls: list[dict[str, Any]] = []
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> JSONResponse:
-        body = await request.json()
-        calls.append({"body": body, "auth": request.headers.get("authorization"), "t": time.monotonic()})
-        return answer(len(calls), body)
-
-    return app, calls
-
-
-def ok(body: dict[str, Any], message: dict[str, Any], usage: dict[str, int] | None = None) -> JSONResponse:
-    choices = [{"index": j, "message": message, "finish_reason": "stop"} for j in range(body["n"])]
-    usage = usage or {"prompt_tokens": 5, "completion_tokens": 7 * body["n"]}
-    return JSONResponse({"model": "fake-1", "choices": choices, "usage": usage})
 
 
 def run(cfg: TeacherConfig, out: Path, problems: list[Problem] = PROBLEMS, **kw: Any):

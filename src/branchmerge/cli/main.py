@@ -65,6 +65,7 @@ from branchmerge.cli import analyze as _analyze  # noqa: E402,F401
 from branchmerge.cli import collect as _collect  # noqa: E402,F401
 from branchmerge.cli import generate as _generate  # noqa: E402,F401
 from branchmerge.cli import pipeline as _pipeline  # noqa: E402,F401
+from branchmerge.cli import process as _process  # noqa: E402,F401
 from branchmerge.cli import recipes as _recipes  # noqa: E402,F401  (registers commands)
 from branchmerge.cli import search as _search  # noqa: E402,F401
 from branchmerge.cli import train as _train  # noqa: E402,F401

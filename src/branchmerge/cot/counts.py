@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -12,12 +13,15 @@ from branchmerge.records import Problem, Trace, atomic_write_text
 
 
 class StepCounts(BaseModel):
-    """Traces per domain before and after one step, and why the others went."""
+    """Traces per domain before and after one step, why the others went, and what was marked."""
 
     step: str
     before: dict[str, int]
     after: dict[str, int]
     removed: dict[str, int]  # reason -> traces
+    flagged: dict[str, int] = {}  # reason -> traces kept but marked (no score, rewritten...)
+    note: str = ""
+    table: list[dict[str, Any]] = []  # the step's own detail rows (verify: accuracy per teacher and domain)
 
     def rows(self) -> list[tuple[str, int, int]]:
         domains = sorted(set(self.before) | set(self.after))

@@ -13,8 +13,9 @@ from collections import Counter
 
 from pydantic import BaseModel
 
+from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
 from branchmerge.cot.text import words
-from branchmerge.records import Problem, Trace
+from branchmerge.records import Problem, Trace, read_jsonl, write_jsonl
 
 
 class Contamination(BaseModel):
@@ -67,3 +68,17 @@ def decontaminate_traces(
             removed[f"{n}-gram in {hit.field}"] += 1
             found.append(hit)
     return kept, removed, found
+
+
+def run(
+    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+) -> StepResult:
+    """Writes every removal to STEM.contamination.jsonl. Without benchmark files there is nothing to check
+    against: the step keeps everything and says so in its note."""
+    o = options.decontaminate
+    if not o.benchmarks:
+        return StepResult(kept=traces, note="skipped: no benchmark files given")
+    items = [p for f in o.benchmarks for p in read_jsonl(f, Problem)]
+    kept, removed, found = decontaminate_traces(traces, problems, items, o.ngram)
+    write_jsonl(ctx.side("contamination.jsonl"), found)
+    return StepResult(kept=kept, removed=removed, note=f"{len(items)} benchmark items, {o.ngram}-grams")

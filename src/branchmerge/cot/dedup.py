@@ -14,6 +14,7 @@ from collections import Counter
 
 from datasketch import MinHash, MinHashLSH
 
+from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
 from branchmerge.cot.text import normalize, words
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, Trace
@@ -71,3 +72,10 @@ def dedup_traces(
     kept = [t for t in traces if t.problem_id not in dups]
     removed = Counter(f"{dups[t.problem_id][1]} duplicate" for t in traces if t.problem_id in dups)
     return kept, removed, dups
+
+
+def run(
+    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+) -> StepResult:
+    kept, removed, _ = dedup_traces(traces, problems, options.dedup.threshold)
+    return StepResult(kept=kept, removed=removed)

@@ -14,28 +14,11 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from branchmerge.collect import draw, targets
+from branchmerge.cot.base import ProcessOptions, SampleSpec, StepContext, StepResult
+from branchmerge.cot.text import trace_length
 from branchmerge.records import Problem, Trace
-
-
-class SampleSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    rv: tuple[int, int] | None = None  # keep L <= rv <= H
-    cd: tuple[int, int] | None = None
-    per_problem: Literal["all", "shortest"] = "all"
-    caps: dict[str, int] = Field(default_factory=dict)
-    weights: dict[str, float] = Field(default_factory=dict)
-    total: int | None = Field(None, gt=0)
-    seed: int = 0
-
-
-def _length(t: Trace) -> int:
-    return t.completion_tokens or len(t.reasoning) + len(t.answer)
 
 
 def sample_traces(
@@ -64,8 +47,8 @@ def sample_traces(
             if t.verified is False:
                 continue
             current = best.get(t.problem_id)
-            if current is None or (_length(t), t.teacher, t.sample) < (
-                _length(current),
+            if current is None or (trace_length(t), t.teacher, t.sample) < (
+                trace_length(current),
                 current.teacher,
                 current.sample,
             ):
@@ -85,3 +68,10 @@ def sample_traces(
         removed["over its domain's share"] += len(kept) - len(picked)
         kept = [t for t in kept if id(t) in picked]
     return kept, +removed
+
+
+def run(
+    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+) -> StepResult:
+    kept, removed = sample_traces(traces, problems, options.sample)
+    return StepResult(kept=kept, removed=removed)

@@ -1,10 +1,16 @@
-"""verify: grade each trace's answer against its problem's reference; keep the correct ones, count the rest."""
+"""verify: grade each trace's answer against its problem's reference; keep the correct ones, count the rest.
+
+Policies (`options.verify.policy`): drop (keep verified traces), keep-flagged (keep every trace, `verified`
+set), best-of-n (the shortest verified trace of each (problem, teacher): of n samples a teacher wrote, one).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 
+from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
+from branchmerge.cot.text import trace_length
 from branchmerge.graders import grade
 from branchmerge.records import Problem, Trace
 
@@ -35,8 +41,11 @@ class VerifyReport:
         return out
 
 
-def verify_traces(traces: list[Trace], problems: dict[str, Problem]) -> tuple[list[Trace], VerifyReport]:
-    """Mark every trace `verified`; return the verified ones and the per teacher × domain table.
+def verify_traces(
+    traces: list[Trace], problems: dict[str, Problem], keep_all: bool = False
+) -> tuple[list[Trace], VerifyReport]:
+    """Mark every trace `verified`; return the verified ones (all, marked, with `keep_all`) and the per
+    teacher × domain table.
 
     A trace whose request failed, or whose completion was cut before `</think>` (no answer), counts as dropped
     under its own reason rather than as a wrong answer.
@@ -56,9 +65,44 @@ def verify_traces(traces: list[Trace], problems: dict[str, Problem]) -> tuple[li
             reason = "kept" if grade(t.answer, problem.reference, problem.grader).passed else "wrong"
         counts[reason] += 1
         verified = t.model_copy(update={"verified": reason == "kept"})
-        if reason == "kept":
+        if reason == "kept" or keep_all:
             kept.append(verified)
+        if reason == "kept":
             report.kept += 1
         else:
             report.dropped += 1
     return kept, report
+
+
+def best_of_n(traces: list[Trace]) -> list[Trace]:
+    """The shortest verified trace of each (problem, teacher), ties by sample; original order kept."""
+    best: dict[tuple[str, str], Trace] = {}
+    for t in traces:
+        if not t.verified:
+            continue
+        cur = best.get((t.problem_id, t.teacher))
+        if cur is None or (trace_length(t), t.sample) < (trace_length(cur), cur.sample):
+            best[(t.problem_id, t.teacher)] = t
+    chosen = {id(t) for t in best.values()}
+    return [t for t in traces if id(t) in chosen]
+
+
+def run(
+    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+) -> StepResult:
+    policy = options.verify.policy
+    marked, report = verify_traces(traces, problems, keep_all=True)
+    result = StepResult(kept=marked, note=f"policy {policy}", table=report.rows())
+    reasons = Counter[str]()
+    for c in report.table.values():
+        reasons.update({k: v for k, v in c.items() if k != "kept"})
+    if policy == "keep-flagged":
+        result.flagged.update({f"{r} (kept, verified=false)": n for r, n in reasons.items()})
+        return result
+    result.kept = [t for t in marked if t.verified]
+    result.removed.update(reasons)
+    if policy == "best-of-n":
+        best = best_of_n(result.kept)
+        result.removed["not the best of its teacher's samples"] = len(result.kept) - len(best)
+        result.kept = best
+    return result

@@ -1,13 +1,14 @@
 """Records are the contracts between stages (DESIGN.md, "Records")."""
 
 from branchmerge.records.jsonl import append_jsonl, atomic_dir, atomic_write_text, read_jsonl, write_jsonl
-from branchmerge.records.models import EvalSample, Problem, SFTExample, Trace
+from branchmerge.records.models import EvalSample, Problem, SFTExample, Trace, Verdict
 
 __all__ = [
     "EvalSample",
     "Problem",
     "SFTExample",
     "Trace",
+    "Verdict",
     "append_jsonl",
     "atomic_dir",
     "atomic_write_text",

@@ -52,6 +52,19 @@ class Trace(_Record):
         return (self.problem_id, self.teacher, self.sample)
 
 
+class Verdict(_Record):
+    """A judge's parsed answer about one problem or trace (`target`); `value` is None exactly when `error` says
+    why (no tag, out of range, request failed...)."""
+
+    step: str
+    template: str  # name.vN of the prompt
+    judge: str
+    target: str  # a problem id, or a trace key "problem_id|teacher|sample"
+    value: int | str | None = None
+    error: str | None = None
+    raw: str = ""  # the end of the judge's answer, for reading failures
+
+
 class SFTExample(_Record):
     """A chat example whose assistant turn holds `<think>\\n{reasoning}\\n</think>\\n\\n{answer}`."""
 

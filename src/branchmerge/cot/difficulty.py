@@ -1,0 +1,95 @@
+"""difficulty: label every trace easy / medium / hard by its problem's difficulty (DistilQwen's grading step).
+
+Two ways, chosen by `options.difficulty.method`:
+- judge: an LLM reads the problem (and its reference answer) and answers `<difficulty>LEVEL</difficulty>`
+  (prompt `prompts/difficulty.vN.txt`). One request per problem, shared by all its traces.
+- student: the student itself answers each problem k times; its pass rate under the problem's grader sets the
+  level (>= easy_at easy, <= hard_at hard, else medium). This asks what is hard for *this* student rather than
+  for a reader, and needs no judge.
+
+Problems whose label could not be had (a judge answer that does not parse, a failed request) keep their traces
+with `difficulty=None`, counted as flagged; each verdict, parsed or not, goes to `STEM.verdicts.jsonl`.
+"""
+
+from __future__ import annotations
+
+from branchmerge.cot.base import LEVELS, ProcessOptions, StepContext, StepResult, by_problem
+from branchmerge.cot.judge import ask, load_template, parse_label, verdict
+from branchmerge.errors import BranchmergeError
+from branchmerge.graders import grade
+from branchmerge.records import Problem, Trace, Verdict, read_jsonl, write_jsonl
+
+
+def judge_levels(problems: list[Problem], ctx: StepContext, options: ProcessOptions) -> list[Verdict]:
+    """One verdict per problem from the judge."""
+    if ctx.judge is None:
+        raise BranchmergeError("difficulty (method judge) needs a judge endpoint")
+    template = load_template("difficulty")
+    ids = {f"{template.tag}:{p.id}": p for p in problems}
+    prompts = {rid: template.render(question=p.question, reference=p.reference) for rid, p in ids.items()}
+    answers = ask(prompts, ctx.judge, ctx.cache, options.judge, ctx.show_progress)
+    return [
+        verdict(
+            "difficulty", template, p.id, answers.get(rid), lambda a: parse_label(a, "difficulty", LEVELS)
+        )
+        for rid, p in ids.items()
+    ]
+
+
+def level_from_pass_rate(passed: int, k: int, easy_at: float, hard_at: float) -> str:
+    rate = passed / k
+    return "easy" if rate >= easy_at else "hard" if rate <= hard_at else "medium"
+
+
+def student_levels(problems: list[Problem], ctx: StepContext, options: ProcessOptions) -> list[Verdict]:
+    """One verdict per problem from k student answers graded against the reference (cached in
+    STEM.student.jsonl, so a rerun samples nothing again). Failed requests do not count as wrong answers: a
+    problem with any failed sample gets no level."""
+    from branchmerge.teachers.client import generate_traces
+
+    if ctx.student is None:
+        raise BranchmergeError("difficulty (method student) needs the student's endpoint")
+    o = options.difficulty
+    cache = ctx.side("student.jsonl")
+    generate_traces(
+        problems,
+        ctx.student,
+        cache,
+        n=o.k,
+        temperatures=(o.temperature,),
+        top_p=options.judge.top_p,
+        max_tokens=o.max_tokens,
+        seed=options.judge.seed,
+        retry_errors=cache.exists(),
+        show_progress=ctx.show_progress,
+    )
+    answers = by_problem([t for t in read_jsonl(cache, Trace) if t.teacher == ctx.student.name])
+    out = []
+    for p in problems:
+        base = {"step": "difficulty", "template": f"student-pass-rate.k{o.k}", "judge": ctx.student.name}
+        samples = answers.get(p.id, [])[: o.k]
+        failed = [s for s in samples if s.error]
+        if len(samples) < o.k or failed:
+            why = failed[0].error if failed else f"{len(samples)} of {o.k} samples"
+            out.append(Verdict(**base, target=p.id, error=f"student samples incomplete: {why}"))
+            continue
+        passed = sum(grade(s.answer, p.reference, p.grader).passed for s in samples)
+        level = level_from_pass_rate(passed, o.k, o.easy_at, o.hard_at)
+        out.append(Verdict(**base, target=p.id, value=level, raw=f"{passed}/{o.k} passed"))
+    return out
+
+
+def run(
+    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+) -> StepResult:
+    asked = [problems[pid] for pid in by_problem(traces)]
+    find = judge_levels if options.difficulty.method == "judge" else student_levels
+    verdicts = find(asked, ctx, options)
+    write_jsonl(ctx.side("verdicts.jsonl"), verdicts)
+    level = {v.target: v.value for v in verdicts}
+    result = StepResult(kept=[t.model_copy(update={"difficulty": level[t.problem_id]}) for t in traces])
+    unlabelled = sum(t.difficulty is None for t in result.kept)
+    if unlabelled:
+        result.flagged[f"no difficulty (why: {ctx.side('verdicts.jsonl').name})"] = unlabelled
+    result.note = ", ".join(f"{lvl} {sum(t.difficulty == lvl for t in result.kept)}" for lvl in LEVELS)
+    return result
