@@ -45,8 +45,9 @@ def test_demo_quick_runs_every_stage_and_reports(demo_out):
     gen = stages["generate.tiny-teacher"]["summary"]
     # 3 domains x 32 problems x 2 temperatures x n=1, all answered over HTTP by the served teacher
     assert gen["traces"] == 3 * 32 * 2 and gen["errors"] == 0
-    verify = stages["verify"]["summary"]
-    assert verify["kept"] + verify["dropped"] == gen["traces"] and verify["kept"] > 0.8 * gen["traces"]
+    process = stages["process"]["summary"]
+    assert process["traces"] == gen["traces"] and process["kept"] > 0.8 * gen["traces"]
+    assert process["kept"] + sum(process["steps"]["verify"]["removed"].values()) == gen["traces"]
     for d in ["add", "sort", "compare"]:
         assert (
             stages[f"train.expert-{d}"]["summary"]["final_loss"]

@@ -123,3 +123,60 @@ def test_teacher_pool_limits_and_prices_reach_the_client_config():
     assert cfg.cost(1e6, 1e6) == pytest.approx(3.1) and cfg.extra_body == {"reasoning_effort": "high"}
     with pytest.raises(ValueError, match="requests_per_min"):
         TeacherSpec(name="t", base_url="http://a/v1", model="m", requests_per_min=0)
+
+
+def test_process_section_names_its_steps_and_judge_by_field(tmp_path):
+    data = json.loads(json.dumps(MINIMAL))
+    data["process"] = {"steps": ["verify", "rv_kd"], "judge": "nobody"}
+    with pytest.raises(BranchmergeError) as e:
+        load_recipe(_write(tmp_path, data))
+    assert "process.steps: 'rv_kd' is not a processor or preset" in str(e.value)
+    data["process"] = {"steps": "adaptive-thinking", "judge": "nobody", "sample": {"rv": [2, 6]}}
+    with pytest.raises(BranchmergeError, match=r"process.judge: 'nobody' is not a teacher of this recipe"):
+        load_recipe(_write(tmp_path, data))
+    data["process"]["judge"] = "tt"
+    r = load_recipe(_write(tmp_path, data))
+    assert r.process.steps == ["verify", "dedup", "decontaminate", "rv_cd", "sample"]
+
+
+def test_process_stage_serves_the_judge_and_the_student(tmp_path):
+    """The tiny teacher as judge cannot write <score>N</score>: every RV/CD verdict is a recorded failure and no
+    trace gets a score; the student's pass rate labels every problem."""
+    from branchmerge.recipe import stages
+    from branchmerge.recipe.schema import ProcessSpec, TeacherSpec
+    from branchmerge.records import Trace, Verdict, read_jsonl, write_jsonl
+    from branchmerge.tinylab.domains import generate_problems
+    from branchmerge.tinylab.weights import student_dir, teacher_dir
+
+    problems = generate_problems("add", 3, seed=5, levels=(1,))
+    traces = [
+        Trace(problem_id=p.id, teacher="x", model="m", sample=0, temperature=0.6, reasoning="r", answer=a)
+        for p in problems
+        for a in (p.reference, "0")
+    ]
+    write_jsonl(tmp_path / "traces.jsonl", traces)
+    spec = ProcessSpec.model_validate(
+        {
+            "steps": ["verify", "difficulty", "rv_cd"],
+            "difficulty": {"method": "student", "k": 2, "max_tokens": 64},
+        }
+    )
+    spec.judging.max_tokens = 32
+    judge = (TeacherSpec(name="tiny", checkpoint="tinylab:teacher"), teacher_dir())
+    work = tmp_path / "work"
+    work.mkdir()
+    s = stages.process_stage(problems, [tmp_path / "traces.jsonl"], spec, judge, student_dir(), work, False)
+    assert s["traces"] == 6 and s["kept"] == sum(p.reference != "0" for p in problems)
+    kept = read_jsonl(work / "processed.jsonl", Trace)
+    assert all(t.verified and t.difficulty in ("easy", "medium", "hard") for t in kept)
+    assert all(t.rv is None and t.cd is None for t in kept)
+    assert s["steps"]["rv_cd"]["marked"] == {
+        f"no {x} score (why: 03-rv_cd.verdicts.jsonl)": len(kept) for x in ("rv", "cd")
+    }
+    verdicts = read_jsonl(work / "processed.steps" / "03-rv_cd.verdicts.jsonl", Verdict)
+    assert len(verdicts) == 2 * len(kept) and all(
+        v.value is None and v.error and v.judge == "tiny" for v in verdicts
+    )
+    assert len(read_jsonl(work / "processed.steps" / "02-difficulty.student.jsonl", Trace)) == 2 * len(
+        problems
+    )

@@ -84,7 +84,7 @@ class ProcessOptions(_Opts):
     difficulty: DifficultyOptions = DifficultyOptions()
     rewrite: RewriteOptions = RewriteOptions()
     sample: SampleSpec = SampleSpec()
-    judge: JudgeSettings = JudgeSettings()
+    judging: JudgeSettings = JudgeSettings()  # sampling of judge calls (the judge itself is an endpoint)
 
 
 @dataclass

@@ -27,7 +27,7 @@ def judge_levels(problems: list[Problem], ctx: StepContext, options: ProcessOpti
     template = load_template("difficulty")
     ids = {f"{template.tag}:{p.id}": p for p in problems}
     prompts = {rid: template.render(question=p.question, reference=p.reference) for rid, p in ids.items()}
-    answers = ask(prompts, ctx.judge, ctx.cache, options.judge, ctx.show_progress)
+    answers = ask(prompts, ctx.judge, ctx.cache, options.judging, ctx.show_progress)
     return [
         verdict(
             "difficulty", template, p.id, answers.get(rid), lambda a: parse_label(a, "difficulty", LEVELS)
@@ -57,9 +57,9 @@ def student_levels(problems: list[Problem], ctx: StepContext, options: ProcessOp
         cache,
         n=o.k,
         temperatures=(o.temperature,),
-        top_p=options.judge.top_p,
+        top_p=options.judging.top_p,
         max_tokens=o.max_tokens,
-        seed=options.judge.seed,
+        seed=options.judging.seed,
         retry_errors=cache.exists(),
         show_progress=ctx.show_progress,
     )

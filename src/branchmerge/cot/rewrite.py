@@ -69,7 +69,7 @@ def run(
         rid: tpl.render(question=problems[t.problem_id].question, reasoning=t.reasoning, answer=t.answer)
         for rid, (tpl, t) in chosen.items()
     }
-    answers = ask(prompts, ctx.judge, ctx.cache, options.judge, ctx.show_progress)
+    answers = ask(prompts, ctx.judge, ctx.cache, options.judging, ctx.show_progress)
     replaced: dict[str, Trace] = {}  # original key -> verified rewrite
     verdicts: list[Verdict] = []
     result = StepResult(kept=[])

@@ -29,7 +29,7 @@ def score_traces(
         rid: tpl.render(question=problems[t.problem_id].question, reasoning=t.reasoning, answer=t.answer)
         for rid, (tpl, t) in requests.items()
     }
-    answers = ask(prompts, ctx.judge, ctx.cache, options.judge, ctx.show_progress)
+    answers = ask(prompts, ctx.judge, ctx.cache, options.judging, ctx.show_progress)
     return [
         verdict(tpl.name, tpl, trace_key(t), answers.get(rid), parse_score)
         for rid, (tpl, t) in requests.items()

@@ -183,8 +183,28 @@ def run_recipe(
         )
         trace_files.append(go.path / "traces.jsonl")
         g_keys.append(g_key)
-    v_key = fingerprint("verify", p_key, g_keys)
-    vo = stage("verify", v_key, lambda w: stages.verify_stage(train_problems, trace_files, w))
+    pspec = recipe.process
+    judge = None
+    if pspec.judge is not None:
+        jt = next(t for t in recipe.teachers if t.name == pspec.judge)
+        judge = (jt, paths.get(f"teacher:{jt.name}"))
+    by_student = pspec.difficulty.method == "student" and "difficulty" in pspec.steps
+    v_key = fingerprint(
+        "process",
+        p_key,
+        g_keys,
+        pspec.model_dump(mode="json"),
+        judge[0].model_dump(exclude={"max_concurrency"}) if judge else None,
+        dir_fingerprint(judge[1]) if judge and judge[1] else None,
+        dir_fingerprint(paths[STUDENT]) if by_student else None,
+    )
+    vo = stage(
+        "process",
+        v_key,
+        lambda w: stages.process_stage(
+            train_problems, trace_files, pspec, judge, paths[STUDENT], w, show_progress
+        ),
+    )
 
     student = paths[STUDENT]
     student_fp = dir_fingerprint(student)
@@ -193,7 +213,7 @@ def run_recipe(
         "build-sft",
         s_key,
         lambda w: stages.build_sft_stage(
-            train_problems, vo.path / "verified.jsonl", student, recipe.build_sft, w
+            train_problems, vo.path / "processed.jsonl", student, recipe.build_sft, w
         ),
     )
 
@@ -286,11 +306,10 @@ def _notes(
                 f"expert-{d} {verdict} the student base on {d}: {100 * e[0]:.1f}% vs {100 * b[0]:.1f}%"
             )
     for o in outcomes:
-        if o.name == "verify":
+        if o.name == "process":
             s = o.summary
-            notes.append(
-                f"verification kept {s['kept']} of {s['traces']} teacher traces ({s['dropped']} dropped)"
-            )
+            steps = ", ".join(f"{k} → {v['after']}" for k, v in s["steps"].items())
+            notes.append(f"processing kept {s['kept']} of {s['traces']} teacher traces ({steps})")
     reused = [o.name for o in outcomes if o.reused]
     if reused:
         notes.append("reused from an earlier run: " + ", ".join(reused))

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from branchmerge.cot.base import ProcessOptions
 from branchmerge.errors import BranchmergeError, validation_error
 from branchmerge.train.sft import SFTSettings
 
@@ -80,6 +81,24 @@ class GenerateSpec(_Spec):
     seed: int = 0
 
 
+class ProcessSpec(ProcessOptions):
+    """The CoT processors between generation and SFT: a preset or a list of steps, each step's options, and
+    the judge (a teacher of this recipe by name) for difficulty / rv_cd / rewrite."""
+
+    steps: str | list[str] = ["verify"]
+    judge: str | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, v: str | list[str]) -> list[str]:
+        from branchmerge.cot.registry import resolve_steps
+
+        try:
+            return resolve_steps(v)
+        except BranchmergeError as e:
+            raise ValueError(str(e).removeprefix("process: ")) from None
+
+
 class BuildSFTSpec(_Spec):
     max_length: int = Field(default=4096, gt=0)
 
@@ -122,6 +141,7 @@ class Recipe(_Spec):
     problems: ProblemsSpec
     teachers: list[TeacherSpec] = Field(min_length=1)
     generate: GenerateSpec = GenerateSpec()
+    process: ProcessSpec = ProcessSpec()
     build_sft: BuildSFTSpec = BuildSFTSpec()
     train: TrainSpec
     merges: dict[str, dict[str, Any]] = {}
@@ -132,6 +152,10 @@ class Recipe(_Spec):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
+        if self.process.judge is not None and self.process.judge not in names:
+            raise ValueError(
+                f"process.judge: '{self.process.judge}' is not a teacher of this recipe ({names})"
+            )
         return self
 
 

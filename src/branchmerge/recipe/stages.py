@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from branchmerge.cot.verify import verify_traces
+from branchmerge.cot.base import ProcessOptions, StepContext
+from branchmerge.cot.registry import process_traces, resolve_steps
 from branchmerge.evaluate.runner import evaluate_model
 from branchmerge.evaluate.stats import accuracy_table
-from branchmerge.recipe.schema import BuildSFTSpec, EvalSpec, GenerateSpec, ProblemsSpec, TeacherSpec
+from branchmerge.recipe.schema import (
+    BuildSFTSpec,
+    EvalSpec,
+    GenerateSpec,
+    ProblemsSpec,
+    ProcessSpec,
+    TeacherSpec,
+)
 from branchmerge.records import Problem, SFTExample, Trace, read_jsonl, write_jsonl
+from branchmerge.teachers.config import TeacherConfig
+from branchmerge.teachers.serve import running_server
 from branchmerge.train.sft import SFTSettings, train_sft
 from branchmerge.train.sft_data import build_sft_examples
 
@@ -32,6 +43,20 @@ def problems_stage(spec: ProblemsSpec, work: Path) -> dict[str, Any]:
     return {"train": len(trains), "eval": len(evals), "domains": spec.domains}
 
 
+@contextlib.contextmanager
+def teacher_endpoint(teacher: TeacherSpec, checkpoint: Path | None) -> Iterator[TeacherConfig]:
+    """The teacher as a client config; a local checkpoint is served on 127.0.0.1 while the block runs."""
+    passed = teacher.model_dump(exclude={"name", "checkpoint", "base_url", "model"})
+    if checkpoint is not None:
+        with running_server(checkpoint) as url:
+            yield TeacherConfig(
+                name=teacher.name, base_url=url, model=teacher.model or checkpoint.name, **passed
+            )
+    else:
+        assert teacher.base_url is not None and teacher.model is not None
+        yield TeacherConfig(name=teacher.name, base_url=teacher.base_url, model=teacher.model, **passed)
+
+
 def generate_stage(
     problems: list[Problem],
     teacher: TeacherSpec,
@@ -41,13 +66,10 @@ def generate_stage(
     show_progress: bool,
 ) -> dict[str, Any]:
     """Send every problem to the teacher over HTTP; a local checkpoint is served on 127.0.0.1 first."""
-    from branchmerge.teachers.client import TeacherConfig, generate_traces
-    from branchmerge.teachers.serve import running_server
+    from branchmerge.teachers.client import generate_traces
 
-    def call(base_url: str | list[str], model: str) -> Any:
-        passed = teacher.model_dump(exclude={"name", "checkpoint", "base_url", "model"})
-        cfg = TeacherConfig(name=teacher.name, base_url=base_url, model=model, **passed)
-        return generate_traces(
+    with teacher_endpoint(teacher, checkpoint) as cfg:
+        summary = generate_traces(
             problems,
             cfg,
             work / "traces.jsonl",
@@ -58,29 +80,50 @@ def generate_stage(
             seed=spec.seed,
             show_progress=show_progress,
         )
-
-    if checkpoint is not None:
-        with running_server(checkpoint) as base_url:
-            summary = call(base_url, teacher.model or checkpoint.name)
-    else:
-        assert teacher.base_url is not None and teacher.model is not None
-        summary = call(teacher.base_url, teacher.model)
     traces = read_jsonl(work / "traces.jsonl", Trace)
     return {
         "teacher": teacher.name,
         "traces": len(traces),
         "errors": sum(t.error is not None for t in traces),
         "truncated": sum(t.finish_reason == "length" for t in traces),
-        "requests_this_run": getattr(summary, "requests", None),
+        "requests_this_run": summary.requests,
     }
 
 
-def verify_stage(problems: list[Problem], trace_files: list[Path], work: Path) -> dict[str, Any]:
+def process_stage(
+    problems: list[Problem],
+    trace_files: list[Path],
+    spec: ProcessSpec,
+    judge: tuple[TeacherSpec, Path | None] | None,
+    student: Path,
+    work: Path,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """The CoT processors over all teachers' traces; the judge (a recipe teacher) and, for difficulty by pass
+    rate, the student are served while the steps run. Writes processed.jsonl and each step's counts."""
     traces = [t for f in trace_files for t in read_jsonl(f, Trace)]
-    kept, report = verify_traces(traces, {p.id: p for p in problems})
-    write_jsonl(work / "verified.jsonl", kept)
-    (work / "verify.json").write_text(json.dumps(report.rows(), indent=2))
-    return {"traces": len(traces), "kept": report.kept, "dropped": report.dropped, "table": report.rows()}
+    steps = resolve_steps(spec.steps)
+    options = ProcessOptions.model_validate(spec.model_dump(exclude={"steps", "judge"}))
+    by_student = "difficulty" in steps and options.difficulty.method == "student"
+    with contextlib.ExitStack() as stack:
+        judge_cfg = stack.enter_context(teacher_endpoint(*judge)) if judge is not None else None
+        student_cfg = None
+        if by_student:
+            url = stack.enter_context(running_server(student))
+            student_cfg = TeacherConfig(name="student", base_url=url, model=student.name, max_concurrency=32)
+        ctx = StepContext(work, "processed", judge_cfg, student_cfg, show_progress=show_progress)
+        counts = process_traces(
+            steps, traces, {p.id: p for p in problems}, options, work / "processed.jsonl", ctx
+        )
+    return {
+        "traces": len(traces),
+        "kept": sum(counts[-1].after.values()),
+        "steps": {
+            c.step: {"after": sum(c.after.values()), "removed": c.removed, "marked": c.flagged}
+            for c in counts
+        },
+        "table": next((c.table for c in counts if c.step == "verify"), []),
+    }
 
 
 def build_sft_stage(
