@@ -272,3 +272,35 @@ def test_adaptive_thinking_preset_from_the_cli(judge, tmp_path: Path) -> None:
     decon = json.loads((tmp_path / "out.steps" / "03-decontaminate.counts.json").read_text())
     assert decon["note"] == "skipped: no benchmark files given"
     assert "removed 1: wrong" in result.output and "marked 2: no rv score" in result.output
+
+
+def test_empty_traces_missing_references_and_unreadable_references_are_counted_not_crashed(
+    judge, tmp_path: Path
+) -> None:
+    cfg, calls = judge
+    problems = dict(PROBLEMS)
+    problems["p1"] = PROBLEMS["p1"].model_copy(update={"reference": ""})
+    problems["p2"] = PROBLEMS["p2"].model_copy(update={"reference": "four", "grader": {"type": "numeric"}})
+    traces = [
+        trace("p0", reasoning="", answer=""),  # empty
+        trace("p1", answer="2"),  # problem without reference
+        trace("p2", answer="4"),  # numeric grader cannot read "four"
+        trace("p3"),
+    ]
+    opts = ProcessOptions.model_validate({"verify": {"policy": "keep-flagged"}})
+    ctx = StepContext(tmp_path, "x", judge=cfg, show_progress=False)
+    [v, s] = process_traces(["verify", "rv_cd"], traces, problems, opts, tmp_path / "x.jsonl", ctx)
+    assert v.flagged == {
+        "empty (kept, verified=false)": 1,
+        "no reference (kept, verified=false)": 1,
+        "grader error (kept, verified=false)": 1,
+    }
+    assert len(calls) == 6  # the empty trace is not sent to the judge
+    verdicts = read_jsonl(tmp_path / "x.steps" / "02-rv_cd.verdicts.jsonl", Verdict)
+    assert {(x.step, x.error) for x in verdicts if x.target == "p0|t|0"} == {
+        ("rv", "empty reasoning: not asked"),
+        ("cd", "empty reasoning: not asked"),
+    }
+    bad = {"p0": PROBLEMS["p0"].model_copy(update={"grader": {"type": "mathh"}})}
+    with pytest.raises(BranchmergeError, match="problem 'p0': grader type 'mathh' is not known"):
+        process_traces(["verify"], [trace("p0")], bad, ProcessOptions(), tmp_path / "y.jsonl")

@@ -53,6 +53,17 @@ def rewritten(answer: Trace, original: Trace) -> tuple[Trace | None, str | None]
     )
 
 
+def check_rewrite(new: Trace, p: Problem) -> str | None:
+    """Why the rewrite cannot be kept, or None when it passes the problem's grader."""
+    if not p.reference.strip():
+        return "no reference to verify the rewrite against"
+    try:
+        g = grade(new.answer, p.reference, p.grader)
+    except ValueError as e:
+        return f"grader error: {e}"
+    return None if g.passed else f"rewrite failed verification ({g.detail or 'wrong answer'})"
+
+
 def run(
     traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
 ) -> StepResult:
@@ -63,7 +74,7 @@ def run(
     chosen: dict[str, tuple[Template, Trace]] = {
         f"{templates[t.difficulty].tag}:{trace_key(t)}": (templates[t.difficulty], t)
         for t in traces
-        if t.difficulty in templates
+        if t.difficulty in templates and t.reasoning.strip()
     }
     prompts = {
         rid: tpl.render(question=problems[t.problem_id].question, reasoning=t.reasoning, answer=t.answer)
@@ -77,9 +88,7 @@ def run(
         answer = answers.get(rid)
         new, why = rewritten(answer, t) if answer is not None else (None, "no answer from the rewriter")
         if new is not None:
-            p = problems[t.problem_id]
-            g = grade(new.answer, p.reference, p.grader)
-            why = None if g.passed else f"rewrite failed verification ({g.detail or 'wrong answer'})"
+            why = check_rewrite(new, problems[t.problem_id])
         judge = answer.teacher if answer is not None else ""
         verdicts.append(
             Verdict(
@@ -103,5 +112,8 @@ def run(
         if new is not None:
             result.kept.append(new)
     write_jsonl(ctx.side("verdicts.jsonl"), verdicts)
+    skipped = sum(t.difficulty in templates and not t.reasoning.strip() for t in traces)
+    if skipped:
+        result.flagged["not rewritten: empty reasoning"] = skipped
     result.note = f"levels rewritten: {', '.join(levels)}"
     return result

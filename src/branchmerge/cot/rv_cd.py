@@ -23,14 +23,22 @@ def score_traces(
         raise BranchmergeError("rv_cd needs a judge endpoint")
     templates = (load_template("rv"), load_template("cd"))
     requests: dict[str, tuple[Template, Trace]] = {
-        f"{tpl.tag}:{trace_key(t)}": (tpl, t) for t in traces for tpl in templates
+        f"{tpl.tag}:{trace_key(t)}": (tpl, t) for t in traces for tpl in templates if t.reasoning.strip()
     }
     prompts = {
         rid: tpl.render(question=problems[t.problem_id].question, reasoning=t.reasoning, answer=t.answer)
         for rid, (tpl, t) in requests.items()
     }
     answers = ask(prompts, ctx.judge, ctx.cache, options.judging, ctx.show_progress)
-    return [
+    empty = [
+        Verdict(
+            step=tpl.name, template=tpl.tag, judge="", target=trace_key(t), error="empty reasoning: not asked"
+        )
+        for t in traces
+        if not t.reasoning.strip()
+        for tpl in templates
+    ]
+    return empty + [
         verdict(tpl.name, tpl, trace_key(t), answers.get(rid), parse_score)
         for rid, (tpl, t) in requests.items()
     ]

@@ -7,11 +7,13 @@ set), best-of-n (the shortest verified trace of each (problem, teacher): of n sa
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
 from branchmerge.cot.text import trace_length
-from branchmerge.graders import grade
+from branchmerge.errors import BranchmergeError
+from branchmerge.graders import GRADERS, grade
 from branchmerge.records import Problem, Trace
 
 
@@ -35,10 +37,36 @@ class VerifyReport:
                     "wrong": c["wrong"],
                     "truncated": c["truncated"],
                     "error": c["error"],
+                    "empty": c["empty"],
+                    "no reference": c["no reference"],
+                    "grader error": c["grader error"],
                     "accuracy": round(c["kept"] / total, 4) if total else 0.0,
                 }
             )
         return out
+
+
+def check_graders(problems: Iterable[Problem]) -> None:
+    """An unknown grader type is a mistake in the problems file: one error before any grading."""
+    for p in problems:
+        kind = p.grader.get("type", "exact")
+        if kind not in GRADERS:
+            raise BranchmergeError(
+                f"problem '{p.id}': grader type '{kind}' is not known (known: {', '.join(sorted(GRADERS))})"
+            )
+
+
+def _unverifiable(t: Trace, problem: Problem) -> str | None:
+    """Why `t` cannot be graded at all, or None."""
+    if t.error:
+        return "error"
+    if t.finish_reason == "length" and not t.answer:
+        return "truncated"
+    if not t.answer.strip():
+        return "empty"
+    if not problem.reference.strip():
+        return "no reference"
+    return None
 
 
 def verify_traces(
@@ -47,9 +75,11 @@ def verify_traces(
     """Mark every trace `verified`; return the verified ones (all, marked, with `keep_all`) and the per
     teacher × domain table.
 
-    A trace whose request failed, or whose completion was cut before `</think>` (no answer), counts as dropped
-    under its own reason rather than as a wrong answer.
+    A trace whose request failed, whose completion was cut before `</think>` (no answer), that has no answer,
+    whose problem has no reference, or whose reference its grader cannot read counts as dropped under that
+    reason rather than as a wrong answer; none of them stops the run.
     """
+    check_graders(problems[t.problem_id] for t in traces)
     report = VerifyReport()
     kept: list[Trace] = []
     for t in traces:
@@ -57,12 +87,12 @@ def verify_traces(
         if problem is None:
             raise KeyError(f"trace for unknown problem id '{t.problem_id}'")
         counts = report.table.setdefault((t.teacher, problem.domain), Counter())
-        if t.error:
-            reason = "error"
-        elif t.finish_reason == "length" and not t.answer:
-            reason = "truncated"
-        else:
-            reason = "kept" if grade(t.answer, problem.reference, problem.grader).passed else "wrong"
+        reason = _unverifiable(t, problem)
+        if reason is None:
+            try:
+                reason = "kept" if grade(t.answer, problem.reference, problem.grader).passed else "wrong"
+            except ValueError:  # a reference the grader cannot read (e.g. not a number for `numeric`)
+                reason = "grader error"
         counts[reason] += 1
         verified = t.model_copy(update={"verified": reason == "kept"})
         if reason == "kept" or keep_all:
