@@ -304,3 +304,23 @@ def test_empty_traces_missing_references_and_unreadable_references_are_counted_n
     bad = {"p0": PROBLEMS["p0"].model_copy(update={"grader": {"type": "mathh"}})}
     with pytest.raises(BranchmergeError, match="problem 'p0': grader type 'mathh' is not known"):
         process_traces(["verify"], [trace("p0")], bad, ProcessOptions(), tmp_path / "y.jsonl")
+
+
+def test_slow_thinking_preset_chains_verify_to_rewrite(judge, tmp_path: Path) -> None:
+    cfg, _ = judge
+    bench = tmp_path / "bench.jsonl"
+    write_jsonl(bench, [PROBLEMS["p4"].model_copy(update={"id": "b1"})])
+    traces = [trace(p) for p in PROBLEMS] + [trace("p0", sample=1, answer="5")]
+    kept, counts = run(
+        "slow-thinking", traces, tmp_path / "st.jsonl", cfg, decontaminate={"benchmarks": [bench]}
+    )
+    assert [c.step for c in counts] == PRESETS["slow-thinking"]
+    assert [sum(c.after.values()) for c in counts] == [5, 5, 4, 4, 4]
+    assert counts[2].removed == {"13-gram in question": 1}
+    # p0 (easy) and p2 (hard) were rewritten; p1 is medium; p3 has no difficulty (the judge's answer is nonsense)
+    assert [(t.problem_id, t.teacher, t.difficulty) for t in kept] == [
+        ("p0", "t+rw", "easy"),
+        ("p1", "t", "medium"),
+        ("p2", "t+rw", "hard"),
+        ("p3", "t", None),
+    ]
