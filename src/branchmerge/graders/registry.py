@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from branchmerge.graders.base import Grader
+from branchmerge.graders.choice import grade_choice
+from branchmerge.graders.code import grade_code
 from branchmerge.graders.exact import grade_exact
+from branchmerge.graders.math import grade_math
 from branchmerge.graders.numeric import grade_numeric
+from branchmerge.graders.regex import grade_regex
+from branchmerge.graders.sql import grade_sql
 
-GRADERS: dict[str, Grader] = {"exact": grade_exact, "numeric": grade_numeric}
+GRADERS: dict[str, Grader] = {
+    "exact": grade_exact,
+    "numeric": grade_numeric,
+    "math": grade_math,
+    "choice": grade_choice,
+    "regex": grade_regex,
+    "code": grade_code,
+    "sql": grade_sql,
+}

@@ -1,0 +1,63 @@
+"""Math answers by symbolic equivalence, with HuggingFace's math-verify (the parser and comparer behind the
+Open R1 and lighteval math rewards).
+
+Spec: {"type": "math", "timeout_s": 5}. The reference and the answer are each parsed from `\\boxed{...}`, LaTeX
+(`$...$`, or bare LaTeX such as `\\frac{1}{2}`) or a plain number/expression, then compared by
+`math_verify.verify` (numbers to 6 decimals, fractions, sets, intervals, equations, ...): "\\boxed{1/2}", "0.5" and
+"\\frac{1}{2}" are the same answer. An answer with nothing parseable fails with a detail saying so; a reference
+with nothing parseable is a data error and raises ValueError (as the numeric grader does).
+
+Time limits: math-verify enforces its timeouts with `signal.alarm`, which only works in a process's main thread
+and raises ValueError anywhere else (a server's thread pool, `grade` called from a ThreadPoolExecutor). So the
+grader passes `timeout_s` to math-verify only in the main thread and `None` (no limit) elsewhere. Grading many
+answers with `grade_many` runs math in worker processes, where each task runs in the worker's main thread, so the
+limit holds there too.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+from branchmerge.graders.base import Grade
+
+# A bare string worth retrying as `$...$`: has LaTeX or math syntax, or is a lone variable. Plain words are not
+# retried, since math-verify would read "blah" as the product b*a*h*l.
+_MATHY = re.compile(r"[\\^_{}=+\-*/\d]|^\s*[A-Za-z]\s*$")
+
+
+def _limit(spec: dict[str, Any]) -> int | None:
+    if threading.current_thread() is not threading.main_thread():
+        return None  # signal.alarm is main-thread only (see the module docstring)
+    return int(spec.get("timeout_s", 5))
+
+
+def parse_math(text: str, timeout_s: int | None) -> list[Any]:
+    """math-verify's parse of `text` ([sympy object, extracted string]), or [] when no math object parses."""
+    from math_verify import parse
+
+    def attempt(s: str) -> list[Any]:
+        found = parse(s, parsing_timeout=timeout_s)  # type: ignore[arg-type]
+        return list(found) if any(not isinstance(x, str) for x in found) else []
+
+    found = attempt(text)
+    if not found and "$" not in text and _MATHY.search(text):
+        found = attempt(f"${text.strip()}$")
+    return found
+
+
+def grade_math(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
+    from math_verify import verify
+
+    limit = _limit(spec)
+    gold = parse_math(reference, limit)
+    if not gold:
+        raise ValueError(f"math grader: reference {reference!r} could not be parsed as math")
+    if not answer.strip():
+        return Grade(False, "empty answer")
+    got = parse_math(answer, limit)
+    if not got:
+        return Grade(False, f"could not parse the answer as math: {answer.strip()[-60:]!r}")
+    ok = verify(gold, got, timeout_seconds=limit)
+    return Grade(ok, "" if ok else f"got {got[-1]!s:.60}, want {gold[-1]!s:.60}")
