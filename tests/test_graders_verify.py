@@ -69,3 +69,39 @@ def test_verify_keeps_correct_and_counts_each_reason():
     assert rows[("t1", "add")]["wrong"] == 1 and rows[("t1", "add")]["truncated"] == 1
     assert rows[("t1", "add")]["accuracy"] == round(1 / 3, 4)
     assert rows[("t2", "sort")]["error"] == 1
+
+
+def test_verify_grades_math_code_and_choice_problems_with_their_graders():
+    problems = {
+        "m": Problem(
+            id="m", domain="math", question="half?", reference="\\frac{1}{2}", grader={"type": "math"}
+        ),
+        "c": Problem(
+            id="c",
+            domain="code",
+            question="write f",
+            reference="",
+            grader={"type": "code", "tests": ["assert f(2) == 4"]},
+        ),
+        "q": Problem(id="q", domain="science", question="which?", reference="B", grader={"type": "choice"}),
+    }
+    answers = [
+        ("m", "\\boxed{0.5}"),
+        ("m", "0.6"),
+        ("c", "```python\ndef f(x):\n    return x * 2\n```"),
+        ("c", "```python\ndef f(x):\n    return x + 3\n```"),
+        ("q", "The answer is (B)."),
+        ("q", "A"),
+    ]
+    traces = [
+        Trace(problem_id=p, teacher="t", model="m", sample=i, temperature=0.6, answer=a)
+        for i, (p, a) in enumerate(answers)
+    ]
+    kept, report = verify_traces(traces, problems)
+    assert [t.sample for t in kept] == [0, 2, 4]
+    # the code problem has no textual reference: its tests are the reference, so it is graded, not skipped
+    assert {r["domain"]: (r["kept"], r["wrong"]) for r in report.rows()} == {
+        "code": (1, 1),
+        "math": (1, 1),
+        "science": (1, 1),
+    }

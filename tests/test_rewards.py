@@ -83,3 +83,13 @@ def test_trl_grpo_trainer_takes_the_rewards_and_weights_them(tmp_path) -> None:
         assert log["reward"] == pytest.approx(
             sum(w * m for w, m in zip(weights, parts, strict=True)), abs=1e-5
         )
+
+
+def test_accuracy_reward_runs_code_tests_without_a_textual_reference() -> None:
+    spec = {"type": "code", "tests": ["assert f(2) == 4"]}
+    good = "<think>double it</think>\n\n```python\ndef f(x):\n    return 2 * x\n```"
+    bad = "<think>add</think>\n\n```python\ndef f(x):\n    return x + 1\n```"
+    got = accuracy_reward(
+        [good, bad, GOOD], reference=[None, "", "four"], grader=[spec, spec, {"type": "numeric"}]
+    )
+    assert got == [1.0, 0.0, None]  # "four" is no number: the grader cannot read it, so no reward

@@ -13,10 +13,12 @@ with `difficulty=None`, counted as flagged; each verdict, parsed or not, goes to
 
 from __future__ import annotations
 
+from collections import Counter
+
 from branchmerge.cot.base import LEVELS, ProcessOptions, StepContext, StepResult, by_problem
 from branchmerge.cot.judge import ask, load_template, parse_label, verdict
 from branchmerge.errors import BranchmergeError
-from branchmerge.graders import grade
+from branchmerge.graders import grade_many
 from branchmerge.records import Problem, Trace, Verdict, read_jsonl, write_jsonl
 
 
@@ -64,19 +66,26 @@ def student_levels(problems: list[Problem], ctx: StepContext, options: ProcessOp
         show_progress=ctx.show_progress,
     )
     answers = by_problem([t for t in read_jsonl(cache, Trace) if t.teacher == ctx.student.name])
-    out = []
+    base = {"step": "difficulty", "template": f"student-pass-rate.k{o.k}", "judge": ctx.student.name}
+    out: dict[str, Verdict] = {}
+    complete: dict[str, list[Trace]] = {}
     for p in problems:
-        base = {"step": "difficulty", "template": f"student-pass-rate.k{o.k}", "judge": ctx.student.name}
         samples = answers.get(p.id, [])[: o.k]
         failed = [s for s in samples if s.error]
         if len(samples) < o.k or failed:
             why = failed[0].error if failed else f"{len(samples)} of {o.k} samples"
-            out.append(Verdict(**base, target=p.id, error=f"student samples incomplete: {why}"))
-            continue
-        passed = sum(grade(s.answer, p.reference, p.grader).passed for s in samples)
-        level = level_from_pass_rate(passed, o.k, o.easy_at, o.hard_at)
-        out.append(Verdict(**base, target=p.id, value=level, raw=f"{passed}/{o.k} passed"))
-    return out
+            out[p.id] = Verdict(**base, target=p.id, error=f"student samples incomplete: {why}")
+        else:
+            complete[p.id] = samples
+    ids = [pid for pid, ss in complete.items() for _ in ss]
+    items = [(s.answer, p.reference, p.grader) for p in problems if p.id in complete for s in complete[p.id]]
+    passed: Counter[str] = Counter()
+    for pid, g in zip(ids, grade_many(items, errors="record"), strict=True):
+        passed[pid] += g.passed
+    for pid in complete:
+        level = level_from_pass_rate(passed[pid], o.k, o.easy_at, o.hard_at)
+        out[pid] = Verdict(**base, target=pid, value=level, raw=f"{passed[pid]}/{o.k} passed")
+    return [out[p.id] for p in problems]
 
 
 def run(

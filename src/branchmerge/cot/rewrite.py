@@ -14,7 +14,7 @@ from __future__ import annotations
 from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
 from branchmerge.cot.judge import Template, ask, load_template, trace_key
 from branchmerge.errors import BranchmergeError
-from branchmerge.graders import grade
+from branchmerge.graders import grade, needs_reference
 from branchmerge.records import Problem, Trace, Verdict, write_jsonl
 from branchmerge.teachers.thinking import THINK_CLOSE, split_reasoning
 
@@ -55,7 +55,7 @@ def rewritten(answer: Trace, original: Trace) -> tuple[Trace | None, str | None]
 
 def check_rewrite(new: Trace, p: Problem) -> str | None:
     """Why the rewrite cannot be kept, or None when it passes the problem's grader."""
-    if not p.reference.strip():
+    if not p.reference.strip() and needs_reference(p.grader):
         return "no reference to verify the rewrite against"
     try:
         g = grade(new.answer, p.reference, p.grader)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
 from branchmerge.cot.text import trace_length
 from branchmerge.errors import BranchmergeError
-from branchmerge.graders import GRADERS, grade
+from branchmerge.graders import GRADERS, grade_many, needs_reference
 from branchmerge.records import Problem, Trace
 
 
@@ -64,7 +64,7 @@ def _unverifiable(t: Trace, problem: Problem) -> str | None:
         return "truncated"
     if not t.answer.strip():
         return "empty"
-    if not problem.reference.strip():
+    if not problem.reference.strip() and needs_reference(problem.grader):
         return "no reference"
     return None
 
@@ -79,21 +79,22 @@ def verify_traces(
     whose problem has no reference, or whose reference its grader cannot read counts as dropped under that
     reason rather than as a wrong answer; none of them stops the run.
     """
+    unknown = sorted({t.problem_id for t in traces} - set(problems))
+    if unknown:
+        raise KeyError(f"trace for unknown problem id '{unknown[0]}'")
     check_graders(problems[t.problem_id] for t in traces)
     report = VerifyReport()
     kept: list[Trace] = []
-    for t in traces:
-        problem = problems.get(t.problem_id)
-        if problem is None:
-            raise KeyError(f"trace for unknown problem id '{t.problem_id}'")
-        counts = report.table.setdefault((t.teacher, problem.domain), Counter())
-        reason = _unverifiable(t, problem)
-        if reason is None:
-            try:
-                reason = "kept" if grade(t.answer, problem.reference, problem.grader).passed else "wrong"
-            except ValueError:  # a reference the grader cannot read (e.g. not a number for `numeric`)
-                reason = "grader error"
-        counts[reason] += 1
+    reasons = [_unverifiable(t, problems[t.problem_id]) for t in traces]
+    todo = [i for i, r in enumerate(reasons) if r is None]
+    items = [
+        (traces[i].answer, problems[traces[i].problem_id].reference, problems[traces[i].problem_id].grader)
+        for i in todo
+    ]
+    for i, g in zip(todo, grade_many(items, errors="record"), strict=True):
+        reasons[i] = "grader error" if g.error else "kept" if g.passed else "wrong"
+    for t, reason in zip(traces, reasons, strict=True):
+        report.table.setdefault((t.teacher, problems[t.problem_id].domain), Counter())[reason or "error"] += 1
         verified = t.model_copy(update={"verified": reason == "kept"})
         if reason == "kept" or keep_all:
             kept.append(verified)

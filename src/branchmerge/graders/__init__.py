@@ -1,6 +1,7 @@
 """Graders: one module each, registered by name; verification and evaluation use the same ones."""
 
-from branchmerge.graders.base import Grade, grade
+from branchmerge.graders.base import Grade, grade, needs_reference
+from branchmerge.graders.parallel import grade_many
 from branchmerge.graders.registry import GRADERS
 
-__all__ = ["GRADERS", "Grade", "grade"]
+__all__ = ["GRADERS", "Grade", "grade", "grade_many", "needs_reference"]

@@ -10,10 +10,24 @@ from typing import Any, Protocol
 class Grade:
     passed: bool
     detail: str = ""
+    error: str | None = None  # set (and passed False) when the grader could not grade, e.g. a bad reference
 
 
 class Grader(Protocol):
     def __call__(self, answer: str, reference: str, spec: dict[str, Any]) -> Grade: ...
+
+
+def needs_reference(spec: dict[str, Any]) -> bool:
+    """Whether the grader compares with the problem's `reference`: code is judged by the spec's tests, SQL by
+    `expected` rows when given, regex by the spec's `pattern` when given."""
+    kind = spec.get("type", "exact")
+    if kind == "code":
+        return False
+    if kind == "sql":
+        return "expected" not in spec
+    if kind == "regex":
+        return "pattern" not in spec
+    return True
 
 
 def grade(answer: str, reference: str, spec: dict[str, Any]) -> Grade:

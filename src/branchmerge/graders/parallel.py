@@ -25,25 +25,35 @@ def _grade_item(item: Item) -> Grade:
     return grade(*item)
 
 
-def grade_many(items: list[Item], workers: int | None = None) -> list[Grade]:
+def _grade_or_error(item: Item) -> Grade:
+    """A reference the grader cannot read (ValueError) becomes a failed Grade carrying the error."""
+    try:
+        return grade(*item)
+    except ValueError as e:
+        return Grade(False, f"grader error: {e}", error=str(e))
+
+
+def grade_many(items: list[Item], workers: int | None = None, errors: str = "raise") -> list[Grade]:
     """`grade(answer, reference, spec)` for each item, in order. `workers` defaults to os.cpu_count(); with 1, or
     with at most one item that needs a worker, everything runs here. Exceptions (an unknown grader type, a bad
-    reference) propagate as from `grade`; unknown types are reported before any work starts."""
+    reference) propagate as from `grade`; unknown types are reported before any work starts. With
+    `errors="record"` a bad reference is a failed Grade whose `error` says why, and the batch goes on."""
     from branchmerge.graders.registry import GRADERS
 
     unknown = sorted({spec.get("type", "exact") for _, _, spec in items} - set(GRADERS))
     if unknown:
         raise KeyError(f"grader type(s) {unknown} not known (known: {', '.join(sorted(GRADERS))})")
     workers = workers or os.cpu_count() or 1
+    one = _grade_or_error if errors == "record" else _grade_item
     heavy = [i for i, (_, _, spec) in enumerate(items) if spec.get("type", "exact") not in INLINE]
     results: list[Grade | None] = [None] * len(items)
     if workers > 1 and len(heavy) > 1:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["branchmerge.graders.registry", "math_verify"])
         with ProcessPoolExecutor(max_workers=min(workers, len(heavy)), mp_context=context) as pool:
-            for i, g in zip(heavy, pool.map(_grade_item, [items[i] for i in heavy]), strict=True):
+            for i, g in zip(heavy, pool.map(one, [items[i] for i in heavy]), strict=True):
                 results[i] = g
     for i, item in enumerate(items):
         if results[i] is None:
-            results[i] = grade(*item)
+            results[i] = one(item)
     return [g for g in results if g is not None]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from branchmerge.graders import grade
+from branchmerge.graders import grade_many, needs_reference
 from branchmerge.teachers.thinking import split_reasoning
 
 RewardFunc = Callable[..., list[float | None]]
@@ -45,16 +45,20 @@ def accuracy_reward(
     **_: Any,
 ) -> list[float | None]:
     """1 when the answer after `</think>` passes the row's grader (the `grader` column, exact match when
-    absent) against its `reference` column, else 0; None for rows without a reference."""
+    absent) against its `reference` column, else 0; None for rows whose grader needs a reference and has
+    none (a code grader's tests are its reference). Graded over all cores (`grade_many`); a reference the
+    grader cannot read gives None as well, never a made-up 0."""
     refs = list(reference) if reference is not None else [None] * len(completions)
-    specs = list(grader) if grader is not None else [None] * len(completions)
-    out: list[float | None] = []
-    for c, ref, spec in zip(completions, refs, specs, strict=True):
-        if ref is None or ref == "":
-            out.append(None)
-            continue
-        answer = split_reasoning(completion_text(c))[1]
-        out.append(1.0 if grade(answer, str(ref), spec or {"type": "exact"}).passed else 0.0)
+    specs = [
+        s or {"type": "exact"} for s in (list(grader) if grader is not None else [None] * len(completions))
+    ]
+    todo = [i for i, (r, s) in enumerate(zip(refs, specs, strict=True)) if r or not needs_reference(s)]
+    items = [
+        (split_reasoning(completion_text(completions[i]))[1], str(refs[i] or ""), specs[i]) for i in todo
+    ]
+    out: list[float | None] = [None] * len(completions)
+    for i, g in zip(todo, grade_many(items, errors="record"), strict=True):
+        out[i] = None if g.error else 1.0 if g.passed else 0.0
     return out
 
 
