@@ -312,3 +312,20 @@ def test_bad_file_names_are_refused():
         run_sandboxed({"../x.py": ""}, ["true"])
     with pytest.raises(ValueError, match="relative path"):
         run_sandboxed({"/etc/x": ""}, ["true"])
+
+
+@needs_namespaces
+def test_read_only_folders_under_the_hosts_tmp_stay_visible(tmp_path, monkeypatch):
+    """A virtualenv in a checkout under /tmp (as CI clones are) must not be hidden by the private /tmp."""
+    import branchmerge.graders.sandbox as sandbox
+
+    shared = tmp_path / "venv-like"
+    shared.mkdir()
+    (shared / "marker.txt").write_text("visible")
+    assert str(shared).startswith("/tmp/")
+    binds = sandbox._ro_binds()
+    monkeypatch.setattr(sandbox, "_ro_binds", lambda: [*binds, str(shared)])
+    r = _run_py(f"print(open({str(shared / 'marker.txt')!r}).read())")
+    assert r.returncode == 0 and r.stdout.strip() == "visible", r.stderr
+    w = _run_py(f"open({str(shared / 'new.txt')!r}, 'w')")
+    assert w.returncode != 0 and not (shared / "new.txt").exists()  # read-only

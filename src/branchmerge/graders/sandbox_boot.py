@@ -110,6 +110,11 @@ def build_root(cfg: dict[str, Any]) -> None:
     root = cfg["root"]
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount may propagate to the host
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    # The private /tmp first: a virtualenv or interpreter that lives under the host's /tmp (a CI checkout) is then
+    # bound on top of it instead of being hidden by it.
+    size = f"size={cfg['tmpfs_mb']}m,mode=1777"
+    os.makedirs(root + "/tmp", mode=0o755)
+    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, size)
     for src in cfg["ro_binds"]:
         if os.path.lexists(src):
             _bind(src, root, src, writable=False)
@@ -121,10 +126,8 @@ def build_root(cfg: dict[str, Any]) -> None:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2")):  # fmt: skip
         os.symlink(target, f"{root}/dev/{name}")
-    size = f"size={cfg['tmpfs_mb']}m,mode=1777"
-    for tmp in ("/tmp", "/dev/shm"):
-        os.makedirs(root + tmp, mode=0o755, exist_ok=True)
-        _mount("tmpfs", root + tmp, "tmpfs", MS_NOSUID | MS_NODEV, size)
+    os.makedirs(root + "/dev/shm", mode=0o755, exist_ok=True)
+    _mount("tmpfs", root + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, size)
     os.makedirs(root + "/proc", mode=0o755, exist_ok=True)
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.chdir(root)
