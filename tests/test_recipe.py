@@ -31,7 +31,7 @@ def test_shipped_demo_recipe_validates():
 
 def test_unknown_key_and_bad_values_are_all_reported_with_file_and_field(tmp_path):
     data = json.loads(json.dumps(MINIMAL))
-    data["train"]["settings"] = {"max_stepz": 3, "method": "qlora"}
+    data["train"]["settings"] = {"max_stepz": 3, "method": "ppo"}
     data["problems"]["domains"] = ["add", "poetry"]
     p = _write(tmp_path, data)
     with pytest.raises(BranchmergeError) as e:
@@ -180,3 +180,153 @@ def test_process_stage_serves_the_judge_and_the_student(tmp_path):
     assert len(read_jsonl(work / "processed.steps" / "02-difficulty.student.jsonl", Trace)) == 2 * len(
         problems
     )
+
+
+def _two_teachers(tmp_path, **train):
+    data = json.loads(json.dumps(MINIMAL))
+    data["teachers"] = [
+        {"name": "tt", "checkpoint": "tinylab:teacher"},
+        {"name": "uu", "checkpoint": "tinylab:teacher"},
+    ]
+    data["train"].update(train)
+    return data
+
+
+def test_experts_and_curriculum_are_validated_by_field(tmp_path):
+    data = _two_teachers(
+        tmp_path,
+        experts="model",
+        mixture_budget="double",
+        curriculum=[
+            {"name": "medium", "where": {"level": 3}},
+            {"name": "hard", "epochs": 1, "max_steps": 2},
+            {"name": "x", "settings": {"batch_sise": 2}},
+        ],
+    )
+    with pytest.raises(BranchmergeError) as e:
+        load_recipe(_write(tmp_path, data))
+    msg = str(e.value)
+    assert "train.experts: 'model' is not an expert split (known: domain, teacher)" in msg
+    assert "train.mixture_budget: 'double' is not a mixture budget (known: sum, same)" in msg
+    assert "train.curriculum[0].where: ['level'] not a field of an SFT example" in msg
+    assert "train.curriculum[1]: give 'epochs' or 'max_steps', not both" in msg
+    assert "train.curriculum[2].settings: ['batch_sise'] not an SFT setting" in msg
+    with pytest.raises(BranchmergeError, match="train.curriculum: give at least one stage"):
+        load_recipe(_write(tmp_path, _two_teachers(tmp_path, curriculum=[])))
+    r = load_recipe(
+        _write(
+            tmp_path,
+            _two_teachers(
+                tmp_path, experts="teacher", curriculum=[{"name": "m", "where": {"difficulty": "medium"}}]
+            ),
+        )
+    )
+    assert r.train.experts == "teacher" and r.train.curriculum is not None
+    assert r.train.curriculum[0].where == {"difficulty": ["medium"]}
+    assert load_recipe(_write(tmp_path, MINIMAL)).train.curriculum is None
+
+
+def test_teacher_experts_are_model_names_merges_can_use(tmp_path):
+    from branchmerge.recipe.runner import model_names, preflight
+
+    data = _two_teachers(tmp_path, experts="teacher")
+    data["merges"] = {
+        "m": {
+            "merge_method": "slerp",
+            "base_model": "expert-tt",
+            "models": [{"model": "expert-tt"}, {"model": "expert-uu"}],
+            "parameters": {"t": 0.5},
+        }
+    }
+    r = load_recipe(_write(tmp_path, data))
+    assert model_names(r) == ["student", "expert-tt", "expert-uu", "mixture"]
+    preflight(r, tmp_path)
+    data["merges"]["m"]["models"][1]["model"] = "expert-add"
+    with pytest.raises(BranchmergeError, match=r"merges.m.models\[1\].model: 'expert-add' is not a model"):
+        preflight(load_recipe(_write(tmp_path, data)), tmp_path)
+
+
+def _sft(i, domain, teacher, difficulty):
+    from branchmerge.records import SFTExample
+
+    return SFTExample(
+        messages=[
+            {"role": "user", "content": "1+1?"},
+            {"role": "assistant", "content": f"<think>\n{i}\n</think>\n\n2"},
+        ],
+        domain=domain,
+        difficulty=difficulty,
+        num_tokens=12,
+        problem_id=f"p{i}",
+        teacher=teacher,
+    )
+
+
+def test_branch_plans_and_stage_keys(tmp_path):
+    """Domain experts without a curriculum keep the keys earlier versions gave them (old runs are reused);
+    teacher experts and curricula get keys of their own."""
+    from branchmerge.recipe.runner import branch_plans, model_names, train_key
+
+    examples = [
+        _sft(i, "add", t, d) for i, (t, d) in enumerate([("tt", "medium"), ("uu", "hard"), ("tt+rw", "hard")])
+    ]
+    by_domain = load_recipe(_write(tmp_path, MINIMAL))
+    plans = branch_plans(by_domain, examples)
+    assert [p.name for p in plans] == model_names(by_domain)[1:] == ["expert-add", "mixture"]
+    s = by_domain.train.settings
+    mix = s.model_copy(update={"max_steps": s.max_steps})  # one domain: "sum" is one expert's steps
+    assert train_key("S", "F", plans[0]) == fingerprint("train", "S", "F", s.model_dump(), ["add"])
+    assert train_key("S", "F", plans[1]) == fingerprint("train", "S", "F", mix.model_dump(), None)
+
+    by_teacher = load_recipe(_write(tmp_path, _two_teachers(tmp_path, experts="teacher")))
+    t_plans = branch_plans(by_teacher, examples)
+    assert [(p.name, p.where) for p in t_plans] == [
+        ("expert-tt", {"teacher": ["tt", "tt+rw"]}),
+        ("expert-uu", {"teacher": ["uu"]}),
+        ("mixture", {}),
+    ]
+    stages = [
+        {"name": "medium", "where": {"difficulty": "medium"}},
+        {"name": "hard", "where": {"difficulty": "hard"}},
+    ]
+    curr = load_recipe(
+        _write(tmp_path, {**MINIMAL, "train": {"student": "tinylab:student", "curriculum": stages}})
+    )
+    c_plans = branch_plans(curr, examples)
+    keys = {train_key("S", "F", p) for p in [*plans, *t_plans, *c_plans]}
+    assert len(keys) == len(plans) + len(t_plans) + len(c_plans)
+    uu_only = [e for e in examples if e.teacher == "uu"]
+    with pytest.raises(BranchmergeError, match="expert-tt: no SFT examples with teacher=tt"):
+        branch_plans(by_teacher, uu_only)
+
+
+def test_train_stage_runs_a_curriculum_branch(tmp_path, tiny_model_dir):
+    from branchmerge.recipe import stages as recipe_stages
+    from branchmerge.recipe.runner import branch_plans
+    from branchmerge.records import write_jsonl
+
+    examples = [
+        _sft(i, "add", t, d)
+        for i, (t, d) in enumerate([("tt", "medium"), ("uu", "hard"), ("tt", "hard"), ("uu", "medium")])
+    ]
+    write_jsonl(tmp_path / "sft.jsonl", examples)
+    stages = [
+        {"name": "medium", "where": {"difficulty": "medium"}},
+        {"name": "hard", "where": {"difficulty": "hard"}},
+    ]
+    train = {
+        "student": "tinylab:student",
+        "experts": "teacher",
+        "curriculum": stages,
+        "settings": {"max_steps": 1, "batch_size": 2},
+    }
+    r = load_recipe(_write(tmp_path, {**_two_teachers(tmp_path), "train": train}))
+    plan = branch_plans(r, examples)[0]  # expert-tt: one medium, then one hard example
+    work = tmp_path / "work"
+    summary = recipe_stages.train_stage(tmp_path / "sft.jsonl", tiny_model_dir, plan, work, False)
+    assert [(s["name"], s["examples"], s["steps"]) for s in summary["stages"]] == [
+        ("medium", 1, 1),
+        ("hard", 1, 1),
+    ]
+    assert summary["steps"] == 2 and summary["examples"] == 2
+    assert (work / "model" / "model.safetensors").exists() and (work / "model.stages" / "02-hard").is_dir()

@@ -92,7 +92,7 @@ def test_sft_loss_falls_and_saves_a_loadable_full_checkpoint(method, add_example
         add_examples,
         tiny_model_dir,
         out,
-        SFTSettings(method=method, max_steps=25, batch_size=8, learning_rate=lr),
+        SFTSettings(method=method, max_steps=25, batch_size=8, learning_rate=lr, report_to="none"),
         show_progress=False,
     )
     assert r.final_loss < r.first_loss - 0.3

@@ -264,7 +264,10 @@ def test_cli_reward_grpo_and_dpo(scored, rv_model, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "ppo"], "--method 'ppo': not a training method (known: full, lora, reward, grpo, dpo)"),
+        (
+            ["--method", "ppo"],
+            "--method 'ppo': not a training method (known: full, lora, qlora, dora, reward, grpo, dpo)",
+        ),
         (["--method", "grpo", "--target", "rv"], "--target: applies to --method reward, not grpo"),
         (["--method", "full", "--beta", "0.1"], "--beta: applies to --method dpo / grpo, not full"),
         (["--method", "reward"], "--problems: required with --method reward"),

@@ -1,4 +1,4 @@
-"""`branchmerge train`: SFT (full or LoRA), RV/CD reward models, GRPO and DPO of a student.
+"""`branchmerge train`: SFT (full, LoRA, QLoRA or DoRA), RV/CD reward models, GRPO and DPO of a student.
 
 One command, one `--method`; each method's options sit in their own help panel, and an option given to a method
 that does not read it is an error rather than silently ignored.
@@ -18,12 +18,17 @@ from branchmerge.cli.process import band
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, SFTExample, Trace, read_jsonl
 
-REWARD, GRPO, DPO = "reward", "grpo", "dpo"  # help panels
+SFT_PANEL, REWARD, GRPO, DPO = "SFT (full, lora, qlora, dora)", "reward", "grpo", "dpo"  # help panels
 Options = dict[str, Any]  # option name ("--rv") -> value given, or None
 
+SFT = {"full", "lora", "qlora", "dora"}
 # Which methods read each method-specific option.
 _APPLIES = {
-    "--max-length": {"full", "lora", "reward", "dpo"},
+    "--max-length": SFT | {"reward", "dpo"},
+    "--packing": SFT,
+    "--resume": SFT,
+    "--report-to": SFT,
+    "--eval-fraction": SFT,
     "--problems": {"reward", "dpo"},
     "--target": {"reward"},
     "--rv-model": {"grpo"},
@@ -47,6 +52,9 @@ _FIELDS = {
     "--num-generations": "num_generations",
     "--max-completion-length": "max_completion_length",
     "--beta": "beta",
+    "--packing": "packing",
+    "--resume": "resume",
+    "--report-to": "report_to",
 }
 
 
@@ -55,12 +63,14 @@ def train(
     data: Annotated[
         Path,
         typer.Argument(
-            help="SFT examples (full, lora), scored traces (reward), problems (grpo) or traces (dpo)."
+            help="SFT examples (full, lora, qlora, dora), scored traces (reward), problems (grpo) or traces (dpo)."
         ),
     ],
     base: Annotated[Path, typer.Option("--base", help="Base checkpoint to train.")],
     out: Annotated[Path, typer.Option("--out", help="Output checkpoint folder.")],
-    method: Annotated[str, typer.Option("--method", help="full | lora | reward | grpo | dpo.")] = "full",
+    method: Annotated[
+        str, typer.Option("--method", help="full | lora | qlora | dora | reward | grpo | dpo.")
+    ] = "full",
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Default 100.")] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Default 16 (SFT), 8 otherwise.")
@@ -70,6 +80,38 @@ def train(
     domain: Annotated[list[str] | None, typer.Option("--domain", help="Train only on these domains.")] = None,
     max_length: Annotated[
         int | None, typer.Option("--max-length", help="Tokens per example: SFT, reward, dpo (default 4096).")
+    ] = None,
+    packing: Annotated[
+        bool,
+        typer.Option(
+            "--packing",
+            help="Pack examples into max-length rows; they never attend to each other.",
+            rich_help_panel=SFT_PANEL,
+        ),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Checkpoint to OUT.partial-ckpt/ and continue from the last checkpoint there.",
+            rich_help_panel=SFT_PANEL,
+        ),
+    ] = False,
+    report_to: Annotated[
+        str | None,
+        typer.Option(
+            "--report-to",
+            help="auto (TensorBoard when installed) | tensorboard | wandb | none; TensorBoard logs go to logs/ beside OUT.",
+            rich_help_panel=SFT_PANEL,
+        ),
+    ] = None,
+    eval_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--eval-fraction",
+            help="Hold out this fraction of each domain's problems (seeded) for a per-domain eval loss.",
+            rich_help_panel=SFT_PANEL,
+        ),
     ] = None,
     problems: Annotated[
         Path | None,
@@ -111,10 +153,13 @@ def train(
         float | None, typer.Option("--beta", help="DPO β (0.1) / GRPO KL weight (0).", rich_help_panel=DPO)
     ] = None,
 ) -> None:
-    """Train a student: SFT (TRL SFTTrainer, loss on assistant tokens only), an RV/CD reward model (a regressor
+    """Train a student: SFT (TRL SFTTrainer, loss on assistant tokens only; QLoRA needs a CUDA GPU and
+    bitsandbytes), an RV/CD reward model (a regressor
     with held-out MAE and Spearman), GRPO (format + accuracy + λ·RV/CD range rewards) or DPO; saves full weights.
 
     Example: branchmerge train sft.jsonl --base ./student --out ./expert-add --domain add --max-steps 100
+
+    Example: branchmerge train sft.jsonl --method dora --packing --eval-fraction 0.1 --resume --base ./student --out ./expert
 
     Example: branchmerge train scored.jsonl --method reward --problems problems.jsonl --target rv --out ./rv-model --base ./student
 
@@ -129,6 +174,10 @@ def train(
         "--seed": seed,
         "--domain": domain or None,
         "--max-length": max_length,
+        "--packing": packing or None,
+        "--resume": resume or None,
+        "--report-to": report_to,
+        "--eval-fraction": eval_fraction,
         "--problems": problems,
         "--target": target,
         "--rv-model": rv_model,
@@ -212,13 +261,26 @@ def _traces(data: Path, given: Options, method: str) -> tuple[list[Trace], dict[
 
 def _sft(data: Path, base: Path, out: Path, method: str, given: Options) -> str:
     from branchmerge.train import SFTSettings, train_sft
+    from branchmerge.train.sft import split_heldout
 
     settings = _settings(SFTSettings, method, given, method=method)
     examples = [
         e for e in read_jsonl(data, SFTExample) if not given["--domain"] or e.domain in given["--domain"]
     ]
-    r = train_sft(examples, base, out, settings, label=out.name)
-    return f"{r.steps} steps on {r.examples} examples, loss {r.first_loss:.3f} → {r.final_loss:.3f} → {out}"
+    heldout: list[SFTExample] = []
+    fraction = given["--eval-fraction"]
+    if fraction is not None:
+        if not 0 < fraction < 1:
+            raise BranchmergeError(f"--eval-fraction {fraction}: expected a number between 0 and 1")
+        examples, heldout = split_heldout(examples, fraction, settings.seed)
+    r = train_sft(examples, base, out, settings, eval_examples=heldout, label=out.name)
+    resumed = f" (resumed at step {r.resumed_from_step})" if r.resumed_from_step is not None else ""
+    losses = ", ".join(f"{d} {loss:.3f}" for d, loss in r.eval_losses.items())
+    held = f"; held-out loss ({len(heldout)} examples): {losses}" if heldout else ""
+    return (
+        f"{r.steps} steps{resumed} on {r.examples} examples, loss {r.first_loss:.3f} → {r.final_loss:.3f}"
+        f"{held} → {out}"
+    )
 
 
 def _reward(data: Path, base: Path, out: Path, method: str, given: Options) -> str:
@@ -283,6 +345,8 @@ def _dpo(data: Path, base: Path, out: Path, method: str, given: Options) -> str:
 _RUNNERS: dict[str, Callable[[Path, Path, Path, str, Options], str]] = {
     "full": _sft,
     "lora": _sft,
+    "qlora": _sft,
+    "dora": _sft,
     "reward": _reward,
     "grpo": _grpo,
     "dpo": _dpo,

@@ -17,11 +17,11 @@ from branchmerge.evaluate.stats import accuracy_table
 from branchmerge.recipe import stages
 from branchmerge.recipe.cache import StageCache, StageOutcome, dir_fingerprint, fingerprint
 from branchmerge.recipe.schema import Recipe
-from branchmerge.records import EvalSample, Problem, read_jsonl
+from branchmerge.records import EvalSample, Problem, SFTExample, read_jsonl
 from branchmerge.teachers.local import check_model_dir
+from branchmerge.train.branches import MIXTURE, BranchPlan, expert_name, plan_branches
 
 STUDENT = "student"
-MIXTURE = "mixture"
 
 
 def resolve_checkpoint(ref: str, base_dir: Path, field_name: str) -> Path:
@@ -61,11 +61,43 @@ def _model_refs(config: dict[str, Any]) -> list[tuple[str, str]]:
     return refs
 
 
+def expert_groups(recipe: Recipe) -> list[str]:
+    """What the recipe splits the student into: its domains, or its teachers' names."""
+    if recipe.train.experts == "teacher":
+        return [t.name for t in recipe.teachers]
+    return list(recipe.problems.domains)
+
+
 def model_names(recipe: Recipe) -> list[str]:
-    names = [STUDENT] + [f"expert-{d}" for d in recipe.problems.domains]
+    names = [STUDENT] + [expert_name(g) for g in expert_groups(recipe)]
     if recipe.train.mixture:
         names.append(MIXTURE)
     return names
+
+
+def branch_plans(recipe: Recipe, examples: list[SFTExample]) -> list[BranchPlan]:
+    """The experts and the mixture of `model_names`, from the built SFT set (errors before any training)."""
+    t = recipe.train
+    return plan_branches(
+        examples,
+        t.experts,
+        t.mixture,
+        t.mixture_budget,
+        t.settings,
+        groups=expert_groups(recipe),
+        curriculum=t.curriculum,
+    )
+
+
+def train_key(s_key: str, student_fp: str, plan: BranchPlan) -> str:
+    """A branch's stage key. Domain experts and the mixture without a curriculum keep the keys of the versions
+    before teacher experts and curricula existed, so earlier runs of such recipes are reused."""
+    where = plan.where
+    domains = where.get("domain") if where else None
+    parts: list[Any] = [s_key, student_fp, plan.settings.model_dump(), domains]
+    if set(where) - {"domain"} or plan.curriculum:
+        parts += [where, [st.model_dump() for st in plan.curriculum or []]]
+    return fingerprint("train", *parts)
 
 
 def preflight(recipe: Recipe, base_dir: Path) -> dict[str, Path]:
@@ -217,31 +249,17 @@ def run_recipe(
         ),
     )
 
-    # experts and the data-mixture baseline, all from the same student with the same settings
+    # experts and the data-mixture baseline, all from the same student with the same seed
     models: dict[str, tuple[Path, str]] = {STUDENT: (student, student_fp)}
-    settings = recipe.train.settings
-    for d in recipe.problems.domains:
-        key = fingerprint("train", s_key, student_fp, settings.model_dump(), [d])
+    sft_file = so.path / "sft.jsonl"
+    for plan in branch_plans(recipe, read_jsonl(sft_file, SFTExample)):
+        key = train_key(s_key, student_fp, plan)
         o = stage(
-            f"train.expert-{d}",
+            f"train.{plan.name}",
             key,
-            lambda w, d=d: stages.train_stage(
-                so.path / "sft.jsonl", student, settings, [d], f"expert-{d}", w, show_progress
-            ),
+            lambda w, plan=plan: stages.train_stage(sft_file, student, plan, w, show_progress),
         )
-        models[f"expert-{d}"] = (o.path / "model", key)
-    if recipe.train.mixture:
-        factor = len(recipe.problems.domains) if recipe.train.mixture_budget == "sum" else 1
-        mix = settings.model_copy(update={"max_steps": settings.max_steps * factor})
-        key = fingerprint("train", s_key, student_fp, mix.model_dump(), None)
-        o = stage(
-            f"train.{MIXTURE}",
-            key,
-            lambda w: stages.train_stage(
-                so.path / "sft.jsonl", student, mix, None, MIXTURE, w, show_progress
-            ),
-        )
-        models[MIXTURE] = (o.path / "model", key)
+        models[plan.name] = (o.path / "model", key)
 
     # merges: names in the config resolve to this run's models, including earlier merges ((A & B) & C)
     for name, cfg in recipe.merges.items():

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from branchmerge.cot.base import ProcessOptions
 from branchmerge.errors import BranchmergeError, validation_error
+from branchmerge.train.branches import Budget, SplitBy
+from branchmerge.train.curriculum import CurriculumStage
 from branchmerge.train.sft import SFTSettings
 
 
@@ -104,26 +106,37 @@ class BuildSFTSpec(_Spec):
 
 
 class TrainSpec(_Spec):
+    """The student, how to split it into experts (one per domain, or per teacher: `expert-<teacher>`), the
+    data-mixture baseline and its step budget, the SFT settings, and an optional curriculum every branch runs."""
+
     student: str
-    experts: str = "domain"
+    experts: SplitBy = "domain"
     mixture: bool = True
-    mixture_budget: str = (
+    mixture_budget: Budget = (
         "sum"  # "sum": the mixture gets the experts' total steps; "same": one expert's steps
     )
     settings: SFTSettings = SFTSettings()
+    curriculum: list[CurriculumStage] | None = None  # e.g. DistilQwen: difficulty medium, then hard
 
-    @field_validator("experts")
+    @field_validator("experts", mode="before")
     @classmethod
-    def _experts(cls, v: str) -> str:
-        if v != "domain":
-            raise ValueError(f"'{v}' is not an expert split (known: domain)")
+    def _experts(cls, v: Any) -> Any:
+        if v not in get_args(SplitBy):
+            raise ValueError(f"'{v}' is not an expert split (known: {', '.join(get_args(SplitBy))})")
         return v
 
-    @field_validator("mixture_budget")
+    @field_validator("mixture_budget", mode="before")
     @classmethod
-    def _budget(cls, v: str) -> str:
-        if v not in ("sum", "same"):
-            raise ValueError(f"'{v}' is not a mixture budget (known: sum, same)")
+    def _budget(cls, v: Any) -> Any:
+        if v not in get_args(Budget):
+            raise ValueError(f"'{v}' is not a mixture budget (known: {', '.join(get_args(Budget))})")
+        return v
+
+    @field_validator("curriculum")
+    @classmethod
+    def _stages(cls, v: list[CurriculumStage] | None) -> list[CurriculumStage] | None:
+        if v is not None and not v:
+            raise ValueError("give at least one stage, or leave the curriculum out")
         return v
 
 

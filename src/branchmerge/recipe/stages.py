@@ -22,7 +22,8 @@ from branchmerge.recipe.schema import (
 from branchmerge.records import Problem, SFTExample, Trace, read_jsonl, write_jsonl
 from branchmerge.teachers.config import TeacherConfig
 from branchmerge.teachers.serve import running_server
-from branchmerge.train.sft import SFTSettings, train_sft
+from branchmerge.train.branches import BranchPlan, train_branch
+from branchmerge.train.curriculum import CurriculumResult
 from branchmerge.train.sft_data import build_sft_examples
 
 
@@ -148,24 +149,30 @@ def build_sft_stage(
 
 
 def train_stage(
-    sft_file: Path,
-    student: Path,
-    settings: SFTSettings,
-    domains: list[str] | None,
-    label: str,
-    work: Path,
-    show_progress: bool,
+    sft_file: Path, student: Path, plan: BranchPlan, work: Path, show_progress: bool
 ) -> dict[str, Any]:
-    """Train one model on the SFT examples of `domains` (all domains when None)."""
-    examples = [e for e in read_jsonl(sft_file, SFTExample) if domains is None or e.domain in domains]
-    r = train_sft(examples, student, work / "model", settings, label=label, show_progress=show_progress)
-    return {
+    """Train one branch (an expert or the mixture, with or without a curriculum) from the student."""
+    examples = read_jsonl(sft_file, SFTExample)
+    r = train_branch(examples, student, work / "model", plan, show_progress=show_progress)
+    summary: dict[str, Any] = {
         "examples": r.examples,
         "steps": r.steps,
         "first_loss": round(r.first_loss, 4),
         "final_loss": round(r.final_loss, 4),
         "train_tokens": r.train_tokens,
     }
+    if isinstance(r, CurriculumResult):
+        summary["stages"] = [
+            {
+                "name": st.name,
+                "examples": st.examples,
+                "steps": st.steps,
+                "first_loss": round(st.first_loss, 4),
+                "final_loss": round(st.final_loss, 4),
+            }
+            for st in r.stages
+        ]
+    return summary
 
 
 def merge_stage(config: dict[str, Any], work: Path, show_progress: bool) -> dict[str, Any]:

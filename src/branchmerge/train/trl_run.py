@@ -1,5 +1,6 @@
 """What every training run here shares: settings, trainer arguments sized for CPUs, a rich progress bar, quiet
-library logs, and saving full weights with the base's tokenizer files.
+library logs, metric reporting (TensorBoard, W&B), resumable checkpoints beside the output, and saving full weights
+with the base's tokenizer files.
 
 SFT, reward models, GRPO and DPO each build their own TRL/transformers trainer from these pieces; none of them
 knows about the others.
@@ -7,17 +8,24 @@ knows about the others.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PrinterCallback, Trainer, TrainerCallback
+
+from branchmerge.errors import BranchmergeError
+
+ReportTo = Literal["auto", "none", "tensorboard", "wandb"]
 
 
 class RunSettings(BaseModel):
@@ -104,10 +112,108 @@ class RichProgress(TrainerCallback):
         self.progress.stop()
 
 
-def run_trainer(trainer: Trainer) -> None:
-    """Train with our bar as the only output (no raw log dicts on stdout)."""
+def run_trainer(trainer: Trainer, resume_from: Path | None = None) -> None:
+    """Train with our bar as the only output (no raw log dicts on stdout), from a checkpoint when given."""
     trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
+
+
+def logs_dir(out: Path) -> Path:
+    """Metric logs sit beside the outputs, one folder per run: `tensorboard --logdir PARENT/logs` compares them."""
+    return out.parent / "logs" / out.name
+
+
+def reporting(report_to: ReportTo, logs: Path) -> tuple[list[str], list[TrainerCallback]]:
+    """`report_to` for the trainer arguments and the callbacks to add. "auto" is TensorBoard when it is installed
+    (it is an optional extra, `branchmerge[tensorboard]`), else nothing."""
+    tensorboard = (
+        importlib.util.find_spec("tensorboard") is not None
+        or importlib.util.find_spec("tensorboardX") is not None
+    )
+    if report_to == "auto":
+        report_to = "tensorboard" if tensorboard else "none"
+    if report_to == "none":
+        return [], []
+    if report_to == "wandb":
+        if importlib.util.find_spec("wandb") is None:
+            raise BranchmergeError("report_to wandb: the wandb package is not installed (pip install wandb)")
+        return ["wandb"], []  # W&B reads WANDB_PROJECT / WANDB_DIR from the environment, as it documents
+    if not tensorboard:
+        raise BranchmergeError(
+            "report_to tensorboard: the tensorboard package is not installed "
+            "(pip install tensorboard, or pip install 'branchmerge[tensorboard]')"
+        )
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(logs)  # what its TENSORBOARD_LOGGING_DIR variable sets; env stays untouched
+    return [], [callback]
+
+
+CHECKPOINTS_SUFFIX = ".partial-ckpt"
+_RUN_KEY = "run-key.txt"
+
+
+def checkpoints_dir(out: Path) -> Path:
+    """Where a run keeps its Trainer checkpoints: `OUT.partial-ckpt/` beside OUT, removed once OUT has landed."""
+    return out.with_name(out.name + CHECKPOINTS_SUFFIX)
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete `checkpoint-N` in `folder`: a crash while one was being written leaves it without the
+    trainer state, which the Trainer writes last."""
+    steps = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and (path / "trainer_state.json").is_file():
+            steps.append((int(step), path))
+    return max(steps)[1] if steps else None
+
+
+def run_key(*parts: Any) -> str:
+    """Names a run by what decides its weights (base, settings, data; JSON values): only the same run resumes from
+    its checkpoints."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def resume_point(folder: Path, key: str, resume: bool) -> Path | None:
+    """The checkpoint this run continues from, or None to start afresh.
+
+    `key` (see `run_key`) names the run: checkpoints of another run are never resumed, and checkpoints are never
+    deleted unless they hold nothing to resume.
+    """
+    last = last_checkpoint(folder)
+    if last is None:
+        shutil.rmtree(folder, ignore_errors=True)  # a crash before the first checkpoint: nothing to keep
+        return None
+    if not resume:
+        raise BranchmergeError(
+            f"{folder}: checkpoints of an interrupted run (last: {last.name}); resume it (--resume, resume: true) "
+            "or delete the folder to start afresh"
+        )
+    key_file = folder / _RUN_KEY
+    if not key_file.is_file() or key_file.read_text(encoding="utf-8") != key:
+        raise BranchmergeError(
+            f"{folder}: these checkpoints come from a run with other data, base model or settings; rerun that "
+            "run to resume it, or delete the folder to start afresh"
+        )
+    return last
+
+
+def start_checkpoints(folder: Path, key: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / _RUN_KEY).write_text(key, encoding="utf-8")
+
+
+def checkpoint_args(save_steps: int) -> dict[str, Any]:
+    """Trainer arguments that save a full resumable state (weights or adapter, optimizer, scheduler, RNG) to the
+    output_dir every `save_steps`; two are kept so that a crash while writing one still leaves one to resume."""
+    return {
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_total_limit": 2,
+        "save_only_model": False,
+    }
 
 
 def save_full(model: Any, base: Path, tmp: Path) -> None:
