@@ -2,6 +2,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, Trace
 from branchmerge.tinylab.domains import generate_problems
 from branchmerge.train import SFTSettings, build_sft_examples, train_sft
@@ -108,7 +109,7 @@ def test_sft_loss_falls_and_saves_a_loadable_full_checkpoint(method, add_example
 
 
 def test_train_without_examples_is_an_error(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="no SFT examples"):
+    with pytest.raises(BranchmergeError, match="no SFT examples"):
         train_sft([], tiny_model_dir, tmp_path / "x", show_progress=False)
     assert not (tmp_path / "x").exists()
 

@@ -266,7 +266,7 @@ def test_cli_reward_grpo_and_dpo(scored, rv_model, tmp_path):
     [
         (
             ["--method", "ppo"],
-            "--method 'ppo': not a training method (known: full, lora, qlora, dora, reward, grpo, dpo)",
+            "--method 'ppo': not a training method (known: full, lora, qlora, dora, reward, grpo, dpo, kd)",
         ),
         (["--method", "grpo", "--target", "rv"], "--target: applies to --method reward, not grpo"),
         (["--method", "full", "--beta", "0.1"], "--beta: applies to --method dpo / grpo, not full"),

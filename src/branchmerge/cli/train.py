@@ -1,61 +1,29 @@
-"""`branchmerge train`: SFT (full, LoRA, QLoRA or DoRA), RV/CD reward models, GRPO and DPO of a student.
+"""`branchmerge train`: SFT (full, LoRA, QLoRA or DoRA; optionally as a curriculum or as branch experts), RV/CD
+reward models, GRPO, DPO and logit KD of a student.
 
 One command, one `--method`; each method's options sit in their own help panel, and an option given to a method
-that does not read it is an error rather than silently ignored.
+that does not read it is an error rather than silently ignored (the tables and runners are in `train_options`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated
 
 import typer
-from pydantic import BaseModel, ValidationError
 
 from branchmerge.cli.main import command, console
-from branchmerge.cli.process import band
-from branchmerge.errors import BranchmergeError
-from branchmerge.records import Problem, SFTExample, Trace, read_jsonl
-
-SFT_PANEL, REWARD, GRPO, DPO = "SFT (full, lora, qlora, dora)", "reward", "grpo", "dpo"  # help panels
-Options = dict[str, Any]  # option name ("--rv") -> value given, or None
-
-SFT = {"full", "lora", "qlora", "dora"}
-# Which methods read each method-specific option.
-_APPLIES = {
-    "--max-length": SFT | {"reward", "dpo"},
-    "--packing": SFT,
-    "--resume": SFT,
-    "--report-to": SFT,
-    "--eval-fraction": SFT,
-    "--problems": {"reward", "dpo"},
-    "--target": {"reward"},
-    "--rv-model": {"grpo"},
-    "--rv": {"grpo", "dpo"},
-    "--cd-model": {"grpo"},
-    "--cd": {"grpo"},
-    "--lambda-rv": {"grpo"},
-    "--lambda-cd": {"grpo"},
-    "--num-generations": {"grpo"},
-    "--max-completion-length": {"grpo"},
-    "--pairs": {"dpo"},
-    "--beta": {"grpo", "dpo"},
-}
-# Options that set a field of the method's settings model.
-_FIELDS = {
-    "--max-steps": "max_steps",
-    "--batch-size": "batch_size",
-    "--lr": "learning_rate",
-    "--seed": "seed",
-    "--max-length": "max_length",
-    "--num-generations": "num_generations",
-    "--max-completion-length": "max_completion_length",
-    "--beta": "beta",
-    "--packing": "packing",
-    "--resume": "resume",
-    "--report-to": "report_to",
-}
+from branchmerge.cli.train_options import (
+    DPO,
+    GRPO,
+    KD,
+    REWARD,
+    RUNNERS,
+    SFT_PANEL,
+    STAGES_PANEL,
+    Options,
+    check,
+)
 
 
 @command("train")
@@ -63,13 +31,18 @@ def train(
     data: Annotated[
         Path,
         typer.Argument(
-            help="SFT examples (full, lora, qlora, dora), scored traces (reward), problems (grpo) or traces (dpo)."
+            help="SFT examples (full, lora, qlora, dora, kd), scored traces (reward), problems (grpo) or traces (dpo)."
         ),
     ],
     base: Annotated[Path, typer.Option("--base", help="Base checkpoint to train.")],
-    out: Annotated[Path, typer.Option("--out", help="Output checkpoint folder.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Output checkpoint folder; with --experts, a folder of expert-*/ and mixture/."
+        ),
+    ],
     method: Annotated[
-        str, typer.Option("--method", help="full | lora | qlora | dora | reward | grpo | dpo.")
+        str, typer.Option("--method", help="full | lora | qlora | dora | reward | grpo | dpo | kd.")
     ] = "full",
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Default 100.")] = None,
     batch_size: Annotated[
@@ -79,7 +52,8 @@ def train(
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     domain: Annotated[list[str] | None, typer.Option("--domain", help="Train only on these domains.")] = None,
     max_length: Annotated[
-        int | None, typer.Option("--max-length", help="Tokens per example: SFT, reward, dpo (default 4096).")
+        int | None,
+        typer.Option("--max-length", help="Tokens per example: SFT, reward, dpo, kd (default 4096)."),
     ] = None,
     packing: Annotated[
         bool,
@@ -111,6 +85,36 @@ def train(
             "--eval-fraction",
             help="Hold out this fraction of each domain's problems (seeded) for a per-domain eval loss.",
             rich_help_panel=SFT_PANEL,
+        ),
+    ] = None,
+    curriculum: Annotated[
+        Path | None,
+        typer.Option(
+            "--curriculum",
+            help="YAML list of stages (name, where, epochs | max_steps, learning_rate, settings), trained in "
+            "order, each from the last; stages are kept in OUT.stages/ and a rerun reuses the unchanged ones.",
+            rich_help_panel=STAGES_PANEL,
+        ),
+    ] = None,
+    experts: Annotated[
+        str | None,
+        typer.Option(
+            "--experts",
+            help="domain | teacher: one expert per domain or teacher from --base, OUT/expert-<name>/, plus "
+            "the data-mixture baseline OUT/mixture/; with --curriculum every branch runs the stages.",
+            rich_help_panel=STAGES_PANEL,
+        ),
+    ] = None,
+    no_mixture: Annotated[
+        bool,
+        typer.Option("--no-mixture", help="Train the experts only.", rich_help_panel=STAGES_PANEL),
+    ] = False,
+    mixture_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--mixture-budget",
+            help="sum (default: the mixture gets all experts' steps together) | same (one expert's steps).",
+            rich_help_panel=STAGES_PANEL,
         ),
     ] = None,
     problems: Annotated[
@@ -152,14 +156,73 @@ def train(
     beta: Annotated[
         float | None, typer.Option("--beta", help="DPO β (0.1) / GRPO KL weight (0).", rich_help_panel=DPO)
     ] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher", help="Teacher checkpoint sharing the student's tokenizer.", rich_help_panel=KD
+        ),
+    ] = None,
+    kd_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--kd-cache",
+            help="Cache of the teacher's top-k log-probs: filled first when --teacher is given too, then trained "
+            "from; alone, it must already hold every example.",
+            rich_help_panel=KD,
+        ),
+    ] = None,
+    kd_loss: Annotated[
+        str | None,
+        typer.Option(
+            "--kd-loss",
+            help="forward KL(teacher‖student) (default) | reverse KL(student‖teacher) | mix.",
+            rich_help_panel=KD,
+        ),
+    ] = None,
+    mix_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--mix-weight", help="With --kd-loss mix: α·forward + (1 − α)·reverse (0.5).", rich_help_panel=KD
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="Softmax τ of both models (1).", rich_help_panel=KD)
+    ] = None,
+    kd_weight: Annotated[
+        float | None,
+        typer.Option("--kd-weight", help="Loss = ce-weight·CE + kd-weight·KD (0.5).", rich_help_panel=KD),
+    ] = None,
+    ce_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--ce-weight",
+            help="Weight of cross-entropy on the examples' own tokens (0.5).",
+            rich_help_panel=KD,
+        ),
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            "--top-k",
+            help="Teacher log-probs kept per token when filling the cache (20).",
+            rich_help_panel=KD,
+        ),
+    ] = None,
 ) -> None:
     """Train a student: SFT (TRL SFTTrainer, loss on assistant tokens only; QLoRA needs a CUDA GPU and
-    bitsandbytes), an RV/CD reward model (a regressor
-    with held-out MAE and Spearman), GRPO (format + accuracy + λ·RV/CD range rewards) or DPO; saves full weights.
+    bitsandbytes) in one pass, as a curriculum of stages or as branch experts; an RV/CD reward model (a regressor
+    with held-out MAE and Spearman); GRPO (format + accuracy + λ·RV/CD range rewards); DPO; or logit KD from a
+    teacher (online or through a top-k cache). Saves full weights.
 
     Example: branchmerge train sft.jsonl --base ./student --out ./expert-add --domain add --max-steps 100
 
     Example: branchmerge train sft.jsonl --method dora --packing --eval-fraction 0.1 --resume --base ./student --out ./expert
+
+    Example: branchmerge train sft.jsonl --curriculum curriculum.yaml --base ./student --out ./student-cur
+
+    Example: branchmerge train sft.jsonl --experts domain --mixture-budget same --max-steps 50 --base ./student --out ./branches
+
+    Example: branchmerge train sft.jsonl --method kd --teacher ./teacher --kd-cache ./kd-cache --kd-loss mix --mix-weight 0.3 --base ./student --out ./student-kd
 
     Example: branchmerge train scored.jsonl --method reward --problems problems.jsonl --target rv --out ./rv-model --base ./student
 
@@ -190,164 +253,19 @@ def train(
         "--max-completion-length": max_completion_length,
         "--pairs": pairs,
         "--beta": beta,
+        "--curriculum": curriculum,
+        "--experts": experts,
+        "--no-mixture": no_mixture or None,
+        "--mixture-budget": mixture_budget,
+        "--teacher": teacher,
+        "--kd-cache": kd_cache,
+        "--kd-loss": kd_loss,
+        "--mix-weight": mix_weight,
+        "--temperature": temperature,
+        "--kd-weight": kd_weight,
+        "--ce-weight": ce_weight,
+        "--top-k": top_k,
     }
-    _check(method, given)
-    console.print(_RUNNERS[method](data, base, out, method, given))
-
-
-def _check(method: str, given: Options) -> None:
-    """A known method, and no option it would ignore."""
-    if method not in _RUNNERS:
-        raise BranchmergeError(f"--method {method!r}: not a training method (known: {', '.join(_RUNNERS)})")
-    for option, value in given.items():
-        if value is not None and option in _APPLIES and method not in _APPLIES[option]:
-            methods = " / ".join(sorted(_APPLIES[option]))
-            raise BranchmergeError(f"{option}: applies to --method {methods}, not {method}")
-
-
-def _settings(cls: type[BaseModel], for_method: str, given: Options, **fixed: Any) -> Any:
-    """`cls` from the options given (the rest keep the library's defaults); errors name the option."""
-    kwargs = {_FIELDS[o]: v for o, v in given.items() if o in _FIELDS and v is not None}
-    try:
-        return cls(**kwargs, **fixed)
-    except ValidationError as e:
-        err = e.errors()[0]
-        option = next((o for o, f in _FIELDS.items() if err["loc"] and f == err["loc"][0]), None)
-        message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
-        raise BranchmergeError(
-            f"train --method {for_method}: {option + ': ' if option else ''}{message}"
-        ) from None
-
-
-def _choice(option: str, value: str | None, known: tuple[str, ...]) -> str:
-    if value is None:
-        return known[0]
-    if value not in known:
-        raise BranchmergeError(f"{option} {value!r}: expected one of {', '.join(known)}")
-    return value
-
-
-def _band(option: str, value: str | None) -> tuple[float, float] | None:
-    parsed = band(option, value)
-    if parsed is not None and not 0 <= parsed[0] <= parsed[1] <= 9:
-        raise BranchmergeError(f"{option} {value!r}: expected 0 ≤ LOW ≤ HIGH ≤ 9")
-    return None if parsed is None else (float(parsed[0]), float(parsed[1]))
-
-
-def _problems(given: Options, method: str) -> dict[str, Problem]:
-    path = given["--problems"]
-    if path is None:
-        raise BranchmergeError(
-            f"--problems: required with --method {method} (the problems the traces answer)"
-        )
-    return {p.id: p for p in read_jsonl(path, Problem)}
-
-
-def _traces(data: Path, given: Options, method: str) -> tuple[list[Trace], dict[str, Problem]]:
-    """The traces and their problems, both kept to `--domain` when given; every trace must name a known problem."""
-    problems = _problems(given, method)
-    traces = read_jsonl(data, Trace)
-    unknown = sorted({t.problem_id for t in traces} - set(problems))
-    if unknown:
-        raise BranchmergeError(
-            f"{data}: {len(unknown)} problem ids are not in {given['--problems']} (first: {unknown[0]!r})"
-        )
-    domains = given["--domain"]
-    if domains:
-        problems = {k: p for k, p in problems.items() if p.domain in domains}
-        traces = [t for t in traces if t.problem_id in problems]
-    return traces, problems
-
-
-def _sft(data: Path, base: Path, out: Path, method: str, given: Options) -> str:
-    from branchmerge.train import SFTSettings, train_sft
-    from branchmerge.train.sft import split_heldout
-
-    settings = _settings(SFTSettings, method, given, method=method)
-    examples = [
-        e for e in read_jsonl(data, SFTExample) if not given["--domain"] or e.domain in given["--domain"]
-    ]
-    heldout: list[SFTExample] = []
-    fraction = given["--eval-fraction"]
-    if fraction is not None:
-        if not 0 < fraction < 1:
-            raise BranchmergeError(f"--eval-fraction {fraction}: expected a number between 0 and 1")
-        examples, heldout = split_heldout(examples, fraction, settings.seed)
-    r = train_sft(examples, base, out, settings, eval_examples=heldout, label=out.name)
-    resumed = f" (resumed at step {r.resumed_from_step})" if r.resumed_from_step is not None else ""
-    losses = ", ".join(f"{d} {loss:.3f}" for d, loss in r.eval_losses.items())
-    held = f"; held-out loss ({len(heldout)} examples): {losses}" if heldout else ""
-    return (
-        f"{r.steps} steps{resumed} on {r.examples} examples, loss {r.first_loss:.3f} → {r.final_loss:.3f}"
-        f"{held} → {out}"
-    )
-
-
-def _reward(data: Path, base: Path, out: Path, method: str, given: Options) -> str:
-    from branchmerge.train.reward_model import RewardModelSettings, Target, train_reward_model
-
-    target = _choice("--target", given["--target"], ("rv", "cd"))
-    settings = _settings(RewardModelSettings, method, given)
-    traces, problems = _traces(data, given, method)
-    r = train_reward_model(traces, problems, base, out, cast(Target, target), settings, label=out.name)
-    rho = "n/a" if r.spearman is None else f"{r.spearman:.2f}"
-    return (
-        f"{target} reward model on {r.train} traces ({r.skipped} without a {target} score skipped): "
-        f"held-out ({r.heldout}) MAE {r.mae:.2f}, Spearman {rho} → {out}"
-    )
-
-
-def _grpo(data: Path, base: Path, out: Path, method: str, given: Options) -> str:
-    from branchmerge.train.grpo import GRPOSettings, train_grpo
-
-    settings = _settings(GRPOSettings, method, given)
-    problems = [
-        p for p in read_jsonl(data, Problem) if not given["--domain"] or p.domain in given["--domain"]
-    ]
-    r = train_grpo(
-        problems,
-        base,
-        out,
-        settings,
-        rv_model=given["--rv-model"],
-        rv_band=_band("--rv", given["--rv"]),
-        cd_model=given["--cd-model"],
-        cd_band=_band("--cd", given["--cd"]),
-        lambda_rv=1.0 if given["--lambda-rv"] is None else given["--lambda-rv"],
-        lambda_cd=1.0 if given["--lambda-cd"] is None else given["--lambda-cd"],
-        label=out.name,
-    )
-    parts = ", ".join(f"{name.removesuffix('_reward')} {a:.2f} → {b:.2f}" for name, (a, b) in r.parts.items())
-    return (
-        f"{r.steps} GRPO steps on {r.problems} problems, reward {r.first_reward:.3f} → {r.last_reward:.3f} "
-        f"({parts}; {r.clipped_ratio:.0%} cut at --max-completion-length) → {out}"
-    )
-
-
-def _dpo(data: Path, base: Path, out: Path, method: str, given: Options) -> str:
-    from branchmerge.train.dpo import DPOSettings, PairMode, build_preference_pairs, train_dpo
-
-    mode = _choice("--pairs", given["--pairs"], ("verified", "verbosity"))
-    rv = _band("--rv", given["--rv"])
-    if mode == "verbosity" and rv is None:
-        raise BranchmergeError("--pairs verbosity: needs --rv L:H, the RV band of the chosen traces")
-    settings = _settings(DPOSettings, method, given)
-    traces, problems = _traces(data, given, method)
-    rows, report = build_preference_pairs(traces, problems, cast(PairMode, mode), rv, settings.seed)
-    unpaired = ", ".join(f"{n} {why}" for why, n in sorted(report.problems_without_pair.items())) or "none"
-    r = train_dpo(rows, base, out, settings, label=out.name)
-    return (
-        f"{r.pairs} pairs (problems without a pair: {unpaired}), {r.steps} DPO steps, loss {r.first_loss:.3f} → "
-        f"{r.final_loss:.3f}, reward accuracy {r.first_accuracy:.2f} → {r.final_accuracy:.2f} → {out}"
-    )
-
-
-_RUNNERS: dict[str, Callable[[Path, Path, Path, str, Options], str]] = {
-    "full": _sft,
-    "lora": _sft,
-    "qlora": _sft,
-    "dora": _sft,
-    "reward": _reward,
-    "grpo": _grpo,
-    "dpo": _dpo,
-}
+    check(method, given)
+    # one unwrapped line per stage or branch, so the output greps; paths and filters may hold brackets
+    console.print(RUNNERS[method](data, base, out, method, given), markup=False, soft_wrap=True)

@@ -33,7 +33,8 @@ from datasets import Dataset
 from pydantic import Field, model_validator
 from transformers import AutoTokenizer, TrainerCallback
 
-from branchmerge.records import SFTExample, atomic_dir
+from branchmerge.errors import BranchmergeError
+from branchmerge.records import SFTExample
 from branchmerge.teachers.local import check_model_dir
 from branchmerge.train.sft_methods import (
     AttnImplementation,
@@ -49,11 +50,14 @@ from branchmerge.train.trl_run import (
     RunSettings,
     checkpoint_args,
     checkpoints_dir,
+    gathered_state_dict,
+    is_main_process,
     logs_dir,
     quiet_transformers,
     reporting,
     resume_point,
     run_key,
+    run_output,
     run_trainer,
     save_full,
     start_checkpoints,
@@ -126,7 +130,7 @@ def train_sft(
     s = settings or SFTSettings()
     base = check_model_dir(base_model)
     if not examples:
-        raise ValueError(f"{label}: no SFT examples to train on")
+        raise BranchmergeError(f"{label}: no SFT examples to train on (check --domain and the SFT file)")
     check_available(s)
     out_dir = Path(out_dir)
     report_to, report_callbacks = reporting(s.report_to, logs_dir(out_dir))
@@ -139,7 +143,7 @@ def train_sft(
     resume_from = resume_point(ckpt, key, s.resume)
     start = time.perf_counter()
     progress = RichProgress(label, show_progress)
-    with atomic_dir(out_dir) as tmp:
+    with run_output(out_dir) as tmp:
         trainer = build_sft_trainer(
             examples,
             base,
@@ -151,14 +155,19 @@ def train_sft(
             run_name=out_dir.name,
             **(checkpoint_args(every) if every else {}),
         )
-        if every:
+        check_sharding(trainer, s.method)
+        if every and is_main_process():
             start_checkpoints(ckpt, key)
         run_trainer(trainer, resume_from)
         steps = trainer.state.global_step
         if eval_examples and steps % s.eval_every():
             trainer.evaluate()  # so the reported held-out losses are the final model's
-        save_full(full_weights(trainer.model, base, s.method, tmp / "_trainer"), base, tmp)
-    shutil.rmtree(ckpt, ignore_errors=True)
+        state = gathered_state_dict(trainer)  # every rank takes part; None unless the weights are sharded
+        if is_main_process():
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            save_full(full_weights(model, base, s.method, tmp / "_trainer"), base, tmp, state)
+    if is_main_process():
+        shutil.rmtree(ckpt, ignore_errors=True)
     first_loss, final_loss = progress.first_last("loss")
     domains = sorted({e.domain for e in eval_examples})
     eval_losses = {d: progress.first_last(f"eval_{d}_loss")[1] for d in domains}
@@ -173,6 +182,18 @@ def train_sft(
         resumed_from_step=None if resume_from is None else int(resume_from.name.removeprefix("checkpoint-")),
         eval_losses=eval_losses,
     )
+
+
+def check_sharding(trainer: Any, method: str) -> None:
+    """Adapters are merged into full weights on the main process, which needs the whole model there: LoRA-family
+    methods run on one GPU, under DDP or ZeRO-1/2, not with sharded weights (FSDP, ZeRO-3)."""
+    ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    sharded = trainer.is_fsdp_enabled or (ds is not None and getattr(ds, "zero_stage", 0) == 3)
+    if sharded and method != "full":
+        raise BranchmergeError(
+            f"method {method}: adapters cannot be merged from sharded weights; launch with "
+            "configs/deepspeed_zero2.yaml (or plain DDP) for LoRA, QLoRA and DoRA, and keep ZeRO-3/FSDP for full SFT"
+        )
 
 
 def build_sft_trainer(

@@ -8,12 +8,15 @@ knows about the others.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
 from branchmerge.errors import BranchmergeError
+from branchmerge.records import atomic_dir
 
 ReportTo = Literal["auto", "none", "tensorboard", "wandb"]
 
@@ -216,9 +220,39 @@ def checkpoint_args(save_steps: int) -> dict[str, Any]:
     }
 
 
-def save_full(model: Any, base: Path, tmp: Path) -> None:
-    """Weights as safetensors plus the base's tokenizer files; drops the trainer's scratch folder."""
-    model.save_pretrained(tmp, safe_serialization=True)
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a multi-process launch (torchrun / accelerate set RANK)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def run_output(out: Path) -> Iterator[Path]:
+    """The folder a run writes its result into: on the main process an atomic sibling of `out` (renamed on
+    success), on the other ranks of a multi-process launch a private scratch folder that is thrown away. Every
+    rank leaves the block only once the main one has put `out` in place, so no rank races another for `out`."""
+    if is_main_process():
+        with atomic_dir(out) as tmp:
+            yield tmp
+    else:
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.rank") as scratch:
+            yield Path(scratch)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def gathered_state_dict(trainer: Trainer) -> dict[str, Any] | None:
+    """Under FSDP or DeepSpeed ZeRO-3 every rank holds a shard: gather the full state dict (a collective call,
+    made on every rank). None when each rank already holds the whole model (one process, DDP, ZeRO-1/2)."""
+    ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if trainer.is_fsdp_enabled or (ds is not None and getattr(ds, "zero_stage", 0) == 3):
+        return trainer.accelerator.get_state_dict(trainer.model)
+    return None
+
+
+def save_full(model: Any, base: Path, tmp: Path, state_dict: dict[str, Any] | None = None) -> None:
+    """Weights as safetensors (from `state_dict` when gathered from shards) plus the base's tokenizer files; drops
+    the trainer's scratch folder."""
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     copy_side_files(base, tmp)
     shutil.rmtree(tmp / "_trainer", ignore_errors=True)
 
