@@ -11,10 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from branchmerge.cli.main import app
-from branchmerge.records import Trace, write_jsonl
-from branchmerge.tinylab.domains import generate_problems
+from branchmerge.records import write_jsonl
 from branchmerge.tinylab.weights import student_dir, teacher_dir
-from branchmerge.train import build_sft_examples
+from sft_fixtures import solved_examples
 
 runner = CliRunner()
 FAST = ["--batch-size", "4", "--max-length", "256", "--lr", "3e-3"]
@@ -27,22 +26,7 @@ def data(tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(student_dir())
     examples = []
     for domain, difficulty in (("add", "medium"), ("sort", "hard")):
-        problems = generate_problems(domain, 4, seed=0)
-        traces = [
-            Trace(
-                problem_id=p.id,
-                teacher="t",
-                model="m",
-                sample=0,
-                temperature=0.6,
-                reasoning=p.meta["solution"],
-                answer=p.reference,
-                verified=True,
-                difficulty=difficulty,
-            )
-            for p in problems
-        ]
-        examples += build_sft_examples(traces, {p.id: p for p in problems}, tok)[0]
+        examples += solved_examples(tok, domain, 4, difficulty=difficulty)
     path = tmp_path_factory.mktemp("data") / "sft.jsonl"
     write_jsonl(path, examples)
     return path

@@ -6,9 +6,7 @@ import yaml
 from safetensors.torch import load_file
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.records import Trace
-from branchmerge.tinylab.domains import generate_problems
-from branchmerge.train import SFTSettings, build_sft_examples, train_sft
+from branchmerge.train import SFTSettings, train_sft
 from branchmerge.train import curriculum as cur
 from branchmerge.train.curriculum import (
     DISTILQWEN_CURRICULUM,
@@ -18,6 +16,7 @@ from branchmerge.train.curriculum import (
     stage_settings,
     train_curriculum,
 )
+from sft_fixtures import solved_examples
 
 SETTINGS = SFTSettings(max_steps=5, batch_size=4, learning_rate=3e-3, max_length=512)
 
@@ -27,23 +26,7 @@ def examples(tokenizer):
     """8 'add' examples marked medium and 8 'sort' examples marked hard, interleaved."""
     out = []
     for domain, difficulty in (("add", "medium"), ("sort", "hard")):
-        problems = generate_problems(domain, 8, seed=0)
-        traces = [
-            Trace(
-                problem_id=p.id,
-                teacher="t",
-                model="m",
-                sample=0,
-                temperature=0.6,
-                reasoning=p.meta["solution"],
-                answer=p.reference,
-                verified=True,
-                difficulty=difficulty,
-            )
-            for p in problems
-        ]
-        ex, _ = build_sft_examples(traces, {p.id: p for p in problems}, tokenizer)
-        out.append(ex)
+        out.append(solved_examples(tokenizer, domain, 8, difficulty=difficulty))
     return [e for pair in zip(*out) for e in pair]
 
 

@@ -11,14 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.records import Trace
-from branchmerge.tinylab.domains import generate_problems
 from branchmerge.tinylab.modeling import random_model, save_checkpoint, tiny_qwen3_config
 from branchmerge.tinylab.tokenizer import build_tokenizer
 from branchmerge.tinylab.weights import student_dir, teacher_dir
-from branchmerge.train import build_sft_examples
 from branchmerge.train.kd import KDCollator, KDSettings, TopK, kd_loss, train_kd
 from branchmerge.train.kd_cache import TeacherCache, cache_teacher_logits, tokenize_examples
+from sft_fixtures import solved_examples
 
 LN2 = math.log(2)
 
@@ -91,21 +89,7 @@ def tiny_tok():
 
 
 def _examples(tok, domain, n, seed=0):
-    problems = generate_problems(domain, n, seed=seed)
-    traces = [
-        Trace(
-            problem_id=p.id,
-            teacher="t",
-            model="m",
-            sample=0,
-            temperature=0.6,
-            reasoning=p.meta["solution"],
-            answer=p.reference,
-            verified=True,
-        )
-        for p in problems
-    ]
-    return build_sft_examples(traces, {p.id: p for p in problems}, tok)[0]
+    return solved_examples(tok, domain, n, seed)
 
 
 @pytest.fixture(scope="module")

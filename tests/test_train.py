@@ -4,30 +4,14 @@ from safetensors.torch import load_file
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, Trace
-from branchmerge.tinylab.domains import generate_problems
 from branchmerge.train import SFTSettings, build_sft_examples, train_sft
 from branchmerge.train.sft_data import assistant_content
+from sft_fixtures import solved_examples
 
 
 @pytest.fixture(scope="module")
 def add_examples(tokenizer):
-    problems = generate_problems("add", 48, seed=0)
-    traces = [
-        Trace(
-            problem_id=p.id,
-            teacher="t",
-            model="m",
-            sample=0,
-            temperature=0.6,
-            reasoning=p.meta["solution"],
-            answer=p.reference,
-            verified=True,
-        )
-        for p in problems
-    ]
-    examples, report = build_sft_examples(traces, {p.id: p for p in problems}, tokenizer)
-    assert report.examples == 48
-    return examples
+    return solved_examples(tokenizer, "add", 48)
 
 
 def test_build_sft_layout_counts_and_max_length(tokenizer):

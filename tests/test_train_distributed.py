@@ -17,10 +17,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from branchmerge.records import Trace, write_jsonl
-from branchmerge.tinylab.domains import generate_problems
+from branchmerge.records import write_jsonl
 from branchmerge.tinylab.weights import student_dir
-from branchmerge.train import build_sft_examples
+from sft_fixtures import solved_examples
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -28,22 +27,9 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
                     reason="torchrun is not installed")  # fmt: skip
 def test_two_processes_train_one_model_and_write_it_once(tmp_path: Path) -> None:
-    problems = [p for d in ("add", "sort") for p in generate_problems(d, 16, seed=3, levels=(1, 2))]
-    traces = [
-        Trace(
-            problem_id=p.id,
-            teacher="t",
-            model="m",
-            sample=0,
-            temperature=0,
-            reasoning="step",
-            answer=p.reference,
-            verified=True,
-        )
-        for p in problems
-    ]
-    examples, _ = build_sft_examples(
-        traces, {p.id: p for p in problems}, AutoTokenizer.from_pretrained(student_dir()), 512
+    tok = AutoTokenizer.from_pretrained(student_dir())
+    examples = solved_examples(tok, "add", 16, max_length=512) + solved_examples(
+        tok, "sort", 16, max_length=512
     )
     write_jsonl(tmp_path / "sft.jsonl", examples)
     out = tmp_path / "models" / "expert"

@@ -11,12 +11,12 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.records import Trace, write_jsonl
-from branchmerge.tinylab.domains import generate_problems
-from branchmerge.train import SFTSettings, build_sft_examples, train_sft
+from branchmerge.records import write_jsonl
+from branchmerge.train import SFTSettings, train_sft
 from branchmerge.train.sft import build_sft_trainer, split_heldout
 from branchmerge.train.sft_methods import TARGET_MODULES, lora_targets
 from branchmerge.train.trl_run import checkpoints_dir
+from sft_fixtures import solved_examples
 
 QUICK = {"batch_size": 8, "report_to": "none"}
 
@@ -24,23 +24,7 @@ QUICK = {"batch_size": 8, "report_to": "none"}
 @pytest.fixture(scope="module")
 def examples(tokenizer):
     """24 `add` and 24 `sort` examples, one verified trace per problem."""
-    problems = generate_problems("add", 24, seed=0) + generate_problems("sort", 24, seed=0)
-    traces = [
-        Trace(
-            problem_id=p.id,
-            teacher="t",
-            model="m",
-            sample=0,
-            temperature=0.6,
-            reasoning=p.meta["solution"],
-            answer=p.reference,
-            verified=True,
-        )
-        for p in problems
-    ]
-    built, _ = build_sft_examples(traces, {p.id: p for p in problems}, tokenizer)
-    assert {e.domain for e in built} == {"add", "sort"}
-    return built
+    return solved_examples(tokenizer, "add", 24) + solved_examples(tokenizer, "sort", 24)
 
 
 def _loads_as_plain_weights(out, base_dir):
