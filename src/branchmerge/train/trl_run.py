@@ -129,7 +129,8 @@ def logs_dir(out: Path) -> Path:
 
 def reporting(report_to: ReportTo, logs: Path) -> tuple[list[str], list[TrainerCallback]]:
     """`report_to` for the trainer arguments and the callbacks to add. "auto" is TensorBoard when it is installed
-    (it is an optional extra, `branchmerge[tensorboard]`), else nothing."""
+    (tensorboardX, a dependency, writes the event files; the viewer is the `branchmerge[tensorboard]` extra), else
+    nothing."""
     tensorboard = (
         importlib.util.find_spec("tensorboard") is not None
         or importlib.util.find_spec("tensorboardX") is not None
