@@ -16,7 +16,10 @@ from typing import Any
 from branchmerge.graders.base import Grade, grade
 
 # Graders that take microseconds: a process round trip would cost more than the grading.
-INLINE = frozenset({"exact", "numeric", "choice", "regex"})
+INLINE = frozenset({"exact", "numeric", "choice", "regex", "constraints", "plan"})
+# LLM-judge items wait on an endpoint, not a core: they go to the judge's own concurrent batch in this process
+# (where `configure_judge` set the default judge), not to the pool.
+JUDGED = "judge"
 
 Item = tuple[str, str, dict[str, Any]]
 
@@ -45,8 +48,15 @@ def grade_many(items: list[Item], workers: int | None = None, errors: str = "rai
         raise KeyError(f"grader type(s) {unknown} not known (known: {', '.join(sorted(GRADERS))})")
     workers = workers or os.cpu_count() or 1
     one = _grade_or_error if errors == "record" else _grade_item
-    heavy = [i for i, (_, _, spec) in enumerate(items) if spec.get("type", "exact") not in INLINE]
+    kinds = [spec.get("type", "exact") for _, _, spec in items]
+    heavy = [i for i, k in enumerate(kinds) if k not in INLINE and k != JUDGED]
     results: list[Grade | None] = [None] * len(items)
+    judged = [i for i, k in enumerate(kinds) if k == JUDGED]
+    if judged:
+        from branchmerge.graders.judge import judge_many
+
+        for i, g in zip(judged, judge_many([items[i] for i in judged]), strict=True):
+            results[i] = g
     if workers > 1 and len(heavy) > 1:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["branchmerge.graders.registry", "math_verify"])

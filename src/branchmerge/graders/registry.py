@@ -5,9 +5,12 @@ from __future__ import annotations
 from branchmerge.graders.base import Grader
 from branchmerge.graders.choice import grade_choice
 from branchmerge.graders.code import grade_code
+from branchmerge.graders.constraints import grade_constraints
 from branchmerge.graders.exact import grade_exact
+from branchmerge.graders.judge import grade_judge
 from branchmerge.graders.math import grade_math
 from branchmerge.graders.numeric import grade_numeric
+from branchmerge.graders.plan import grade_plan
 from branchmerge.graders.regex import grade_regex
 from branchmerge.graders.sql import grade_sql
 
@@ -19,4 +22,7 @@ GRADERS: dict[str, Grader] = {
     "regex": grade_regex,
     "code": grade_code,
     "sql": grade_sql,
+    "plan": grade_plan,
+    "constraints": grade_constraints,
+    "judge": grade_judge,
 }

@@ -1,0 +1,67 @@
+"""The contract every `mdr` domain follows, and the registry that collects them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from branchmerge.errors import BranchmergeError
+from branchmerge.records import Problem
+
+LEVELS = range(1, 11)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One domain: its name (the `domain` of its items), its ten fixed items, and a generator of fresh ones.
+
+    `items()` returns exactly one Problem per level 1-10 (ids `mdr-<name>-L<level>`). `generate(level, seed)`
+    returns a new Problem of that level, deterministic in `seed` (ids `mdr-<name>-L<level>-s<seed>`).
+    Each Problem carries `level`, `source="mdr"` and a grader spec a registered grader understands.
+    """
+
+    name: str
+    items: Callable[[], list[Problem]]
+    generate: Callable[[int, int], Problem]
+
+
+DOMAINS: dict[str, Domain] = {}
+
+
+def register(domain: Domain) -> Domain:
+    if domain.name in DOMAINS:
+        raise ValueError(f"mdr domain '{domain.name}' is registered twice")
+    DOMAINS[domain.name] = domain
+    return domain
+
+
+def _load_all() -> None:
+    """Import every domain module once (each registers itself); explicit list, no import side effects elsewhere."""
+    import importlib
+
+    for module in MODULES:
+        importlib.import_module(f"branchmerge.evaluate.mdr.{module}")
+
+
+# Domain modules, in the order the benchmark reports them. Each adds itself with `register`.
+MODULES: list[str] = ["logic", "math_reasoning", "sql", "python_debug", "science", "causal", "scenario", "ethics", "writing", "planning"]  # fmt: skip
+
+
+def load_mdr(
+    domains: list[str] | None = None, fresh_seed: int | None = None, levels: list[int] | None = None
+) -> list[Problem]:
+    """The fixed items of `domains` (all when None), or, with `fresh_seed`, newly generated items from it."""
+    _load_all()
+    names = domains or list(DOMAINS)
+    unknown = [d for d in names if d not in DOMAINS]
+    if unknown:
+        raise BranchmergeError(f"mdr: unknown domain(s) {unknown} (known: {', '.join(DOMAINS)})")
+    wanted = list(levels or LEVELS)
+    out: list[Problem] = []
+    for name in names:
+        d = DOMAINS[name]
+        if fresh_seed is None:
+            out += [p for p in d.items() if p.level in wanted]
+        else:
+            out += [d.generate(level, fresh_seed) for level in wanted]
+    return out
