@@ -189,18 +189,61 @@ def evaluate(
 @command("report")
 def report(
     samples: Annotated[list[Path], typer.Argument(help="One or more eval samples JSONL files.")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder for report.md and accuracy.png.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder for report.md, report.html and the PNG figures.")
+    ],
     baseline: Annotated[str, typer.Option("--baseline", help="Model the others are compared with.")],
+    html: Annotated[
+        bool, typer.Option("--html/--no-html", help="Also write report.html (self-contained).")
+    ] = True,
+    merge: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--merge",
+            help="MERGED=PARENT1,PARENT2: add a merge-synergy table (domains where MERGED beats every parent). "
+            "Repeatable.",
+        ),
+    ] = None,
+    k: Annotated[
+        int | None,
+        typer.Option("--k", min=1, help="Largest k of the pass@k curves (default: the smallest n)."),
+    ] = None,
+    problems: Annotated[
+        Path | None,
+        typer.Option("--problems", help="Problems JSONL: their difficulty groups the output-length tables."),
+    ] = None,
 ) -> None:
-    """Write report.md (table, confidence intervals, paired tests) and a grouped bar chart.
+    """Write report.md and report.html: pass@1 with bootstrap intervals, paired tests against the baseline,
+    merge synergy, pass@k curves and output length, with a grouped bar chart and other figures.
 
-    Example: branchmerge report base.jsonl expert.jsonl --out report/ --baseline student
+    Example: branchmerge report base.jsonl merged.jsonl --out report/ --baseline student --merge merged=a,b
     """
     from branchmerge.evaluate.report import render_report
 
     all_samples = [s for f in samples for s in read_jsonl(f, EvalSample)]
-    if baseline not in {s.model for s in all_samples}:
+    models = {s.model for s in all_samples}
+    if baseline not in models:
         raise BranchmergeError(f"--baseline: '{baseline}' is not a model in the samples")
-    path = render_report(all_samples, out, baseline=baseline)
-    console.print(f"→ {path}")
-    console.print(json.dumps(sorted({s.model for s in all_samples})))
+    merges: dict[str, list[str]] = {}
+    for spec in merge or []:
+        merged, _, rest = spec.partition("=")
+        parents = [p.strip() for p in rest.split(",") if p.strip()]
+        if not merged.strip() or not parents:
+            raise BranchmergeError(f"--merge: '{spec}' is not MERGED=PARENT1,PARENT2")
+        unknown = [m for m in [merged.strip(), *parents] if m not in models]
+        if unknown:
+            raise BranchmergeError(
+                f"--merge {spec}: {', '.join(unknown)} not a model in the samples (known: {', '.join(sorted(models))})"
+            )
+        merges[merged.strip()] = parents
+    path = render_report(
+        all_samples,
+        out,
+        baseline=baseline,
+        merges=merges,
+        problems=list(_problems(problems).values()) if problems else None,
+        max_k=k,
+        html=html,
+    )
+    console.print(f"→ {path}" + (f" and {path.with_name('report.html')}" if html else ""))
+    console.print(json.dumps(sorted(models)))
