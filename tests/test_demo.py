@@ -38,6 +38,7 @@ def test_demo_quick_runs_every_stage_and_reports(demo_out):
         assert f"| {m} |" in report
         assert m in output  # the results table printed at the end
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Merge synergy" in report and (out / "report.html").exists()  # each recipe merge vs its parents
     stages = {
         p.name.rsplit("-", 1)[0]: json.loads((p / "stage.json").read_text())
         for p in (out / "stages").iterdir()

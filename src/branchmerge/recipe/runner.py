@@ -294,8 +294,16 @@ def run_recipe(
         stage_times=rows,
         notes=_notes(recipe, result.accuracy, result.stages),
         title=f"{recipe.name}: results",
+        merges={name: _parents(cfg) for name, cfg in recipe.merges.items()},
+        problems=eval_problems,
     )
     return result
+
+
+def _parents(cfg: dict[str, Any]) -> list[str]:
+    """The models a merge config combines, for the report's merge-synergy table (does the merge beat every one of
+    them?). A TIES/DARE base that is not among `models` is the origin of the task vectors, not a parent."""
+    return list(dict.fromkeys(str(m["model"]) for m in cfg.get("models", [])))
 
 
 def _resolve_merge(cfg: dict[str, Any], models: dict[str, tuple[Path, str]]) -> dict[str, Any]:
