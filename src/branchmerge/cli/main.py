@@ -63,6 +63,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
 
 from branchmerge.cli import analyze as _analyze  # noqa: E402,F401
 from branchmerge.cli import collect as _collect  # noqa: E402,F401
+from branchmerge.cli import evaluate as _evaluate  # noqa: E402,F401
 from branchmerge.cli import generate as _generate  # noqa: E402,F401
 from branchmerge.cli import pipeline as _pipeline  # noqa: E402,F401
 from branchmerge.cli import process as _process  # noqa: E402,F401

@@ -155,37 +155,6 @@ def print_explanation(steps: list) -> None:
             console.print("no warnings")
 
 
-@command("eval")
-def evaluate(
-    model: Annotated[Path, typer.Argument(help="Local checkpoint folder.")],
-    problems: Annotated[Path, typer.Option("--problems", help="Problems JSONL (held-out items).")],
-    out: Annotated[Path, typer.Option("--out", help="Samples JSONL (appended; reruns resume).")],
-    name: Annotated[str | None, typer.Option("--name", help="Model name in the results.")] = None,
-    n: Annotated[int, typer.Option("--n", help="Samples per item.")] = 1,
-    temperature: Annotated[float, typer.Option("--temperature")] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
-    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 4096,
-) -> None:
-    """Evaluate a checkpoint on problems, n samples each, graded by the problems' graders.
-
-    Example: branchmerge eval ./expert-add --problems eval.jsonl --out samples.jsonl --n 4 --temperature 0.6
-    """
-    from branchmerge.evaluate import accuracy_table, evaluate_model
-
-    samples = evaluate_model(
-        model,
-        list(_problems(problems).values()),
-        out,
-        model_name=name,
-        n=n,
-        temperature=temperature,
-        top_p=top_p,
-        max_tokens=max_tokens,
-    )
-    for m, row in accuracy_table(samples).items():
-        console.print(m, {d: f"{100 * a:.1f}%" for d, (a, _) in row.items()})
-
-
 @command("report")
 def report(
     samples: Annotated[list[Path], typer.Argument(help="One or more eval samples JSONL files.")],
