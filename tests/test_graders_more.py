@@ -204,3 +204,28 @@ def test_grade_many_keeps_order_and_matches_sequential_grading():
     assert grade_many(items, workers=1) == sequential
     with pytest.raises(KeyError, match="nope"):
         grade_many([("x", "x", {"type": "nope"})])
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference", "passes"),
+    [
+        ("\\boxed{10\\sqrt{2}}", "10\\sqrt{2}", True),
+        ("\\boxed{10}", "10\\sqrt{2}", False),  # a bare LaTeX reference used to be read as its last number
+        ("\\boxed{[21, 71)}", "[21, 71)", True),
+        ("\\boxed{71}", "[21, 71)", False),
+        ("\\boxed{(x+18)^2}", "x^2 + 36x + 324", True),
+        ("\\boxed{324}", "x^2 + 36x + 324", False),
+        (
+            "\\boxed{(3, \\frac{\\pi}{2})}",
+            "\\left( 3, \\frac{\\pi}{2} \\right)",
+            True,
+        ),  # MATH500's first item
+        ("\\boxed{3}", "\\left( 3, \\frac{\\pi}{2} \\right)", False),
+        ("10\\sqrt{2}", "10", False),  # and a bare answer as its last number
+        ("The answer is 5.", "5", True),
+    ],
+)
+def test_math_reads_bare_latex_whole_not_as_its_last_number(
+    answer: str, reference: str, passes: bool
+) -> None:
+    assert grade(answer, reference, {"type": "math"}).passed is passes

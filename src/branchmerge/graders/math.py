@@ -25,6 +25,15 @@ from branchmerge.graders.base import Grade
 # A bare string worth retrying as `$...$`: has LaTeX or math syntax, or is a lone variable. Plain words are not
 # retried, since math-verify would read "blah" as the product b*a*h*l.
 _MATHY = re.compile(r"[\\^_{}=+\-*/\d]|^\s*[A-Za-z]\s*$")
+_WORD = re.compile(r"[A-Za-z]{3,}")
+
+
+def _bare_math(text: str) -> bool:
+    """Math with no delimiters and no prose (`10\\sqrt{2}`, `[21, 71)`, `x^2 + 36x`): math-verify's plain-text
+    extraction reads such a string as its last number, so it is parsed as `$...$` first."""
+    if "$" in text or "\\boxed" in text or not _MATHY.search(text):
+        return False
+    return not _WORD.search(re.sub(r"\\[A-Za-z]+", "", text))
 
 
 def _limit(spec: dict[str, Any]) -> int | None:
@@ -41,9 +50,12 @@ def parse_math(text: str, timeout_s: int | None) -> list[Any]:
         found = parse(s, parsing_timeout=timeout_s)  # type: ignore[arg-type]
         return list(found) if any(not isinstance(x, str) for x in found) else []
 
+    wrapped = f"${text.strip()}$"
+    if _bare_math(text):
+        return attempt(wrapped) or attempt(text)
     found = attempt(text)
     if not found and "$" not in text and _MATHY.search(text):
-        found = attempt(f"${text.strip()}$")
+        found = attempt(wrapped)
     return found
 
 
