@@ -299,7 +299,8 @@ def test_cli_sft_options(examples, tiny_model_dir, tmp_path):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("tensorboard") is None, reason="tensorboard is an optional extra"
+    importlib.util.find_spec("tensorboardX") is None and importlib.util.find_spec("tensorboard") is None,
+    reason="no TensorBoard writer installed",
 )
 def test_tensorboard_logs_land_beside_the_output(examples, tiny_model_dir, tmp_path):
     s = SFTSettings(max_steps=2, batch_size=8, report_to="tensorboard")
