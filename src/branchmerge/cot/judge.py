@@ -14,6 +14,7 @@ the score and counts it. No default score is ever filled in.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -70,7 +71,7 @@ class JudgeSettings(BaseModel):
     seed: int = 0
 
 
-def ask(
+async def aask(
     requests: Mapping[str, str],
     judge: TeacherConfig,
     cache: Path,
@@ -81,14 +82,13 @@ def ask(
 
     Answers already in `cache` are reused; error answers from an earlier run are asked again.
     """
-    from branchmerge.teachers.client import generate_traces
+    from branchmerge.teachers.client import agenerate
 
-    if requests:
-        generate_traces(
-            [
-                Problem(id=rid, domain="judge", question=prompt, reference="")
-                for rid, prompt in requests.items()
-            ],
+    have = _cached(judge, cache, set(requests))
+    todo = {rid: p for rid, p in requests.items() if rid not in have or have[rid].error}
+    if todo:
+        await agenerate(
+            [Problem(id=rid, domain="judge", question=p, reference="") for rid, p in todo.items()],
             judge,
             cache,
             n=1,
@@ -96,15 +96,29 @@ def ask(
             top_p=settings.top_p,
             max_tokens=settings.max_tokens,
             seed=settings.seed,
-            retry_errors=cache.exists(),
+            retry_errors=any(rid in have for rid in todo),
             show_progress=show_progress,
         )
+        have = _cached(judge, cache, set(requests))
+    return have
+
+
+def ask(
+    requests: Mapping[str, str],
+    judge: TeacherConfig,
+    cache: Path,
+    settings: JudgeSettings,
+    show_progress: bool = True,
+) -> dict[str, Trace]:
+    """`aask` from synchronous code (it starts its own event loop)."""
+    return asyncio.run(aask(requests, judge, cache, settings, show_progress))
+
+
+def _cached(judge: TeacherConfig, cache: Path, rids: set[str]) -> dict[str, Trace]:
     if not cache.exists():
         return {}
     return {
-        t.problem_id: t
-        for t in read_jsonl(cache, Trace)
-        if t.teacher == judge.name and t.problem_id in requests
+        t.problem_id: t for t in read_jsonl(cache, Trace) if t.teacher == judge.name and t.problem_id in rids
     }
 
 

@@ -36,10 +36,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from branchmerge.cot.judge import JudgeSettings, Template, load_template, parse_label, parse_score, verdict
+from branchmerge.cot.judge import (
+    JudgeSettings,
+    Template,
+    aask,
+    load_template,
+    parse_label,
+    parse_score,
+    verdict,
+)
 from branchmerge.errors import BranchmergeError
 from branchmerge.graders.base import Grade
-from branchmerge.records import Problem, Trace, read_jsonl
+from branchmerge.records import Trace
 from branchmerge.teachers.config import TeacherConfig
 from branchmerge.teachers.thinking import THINK_OPEN, split_reasoning
 
@@ -199,39 +207,9 @@ def _grade(req: _Request, answer: Trace | None) -> Grade:
     return Grade(passed, f"{who}: score {score} {'>=' if passed else '<'} {req.threshold}{tail}")
 
 
-def _cached(setup: JudgeSetup, rids: set[str]) -> dict[str, Trace]:
-    if not setup.cache.exists():
-        return {}
-    return {
-        t.problem_id: t
-        for t in read_jsonl(setup.cache, Trace)
-        if t.teacher == setup.judge.name and t.problem_id in rids
-    }
-
-
 async def _ask(setup: JudgeSetup, prompts: dict[str, str], show_progress: bool) -> dict[str, Trace]:
-    """The judge's answers to {request id: prompt}: cached ones read back, the rest (and earlier failed
-    requests) sent through the teachers client, appended to the cache."""
-    from branchmerge.teachers.client import agenerate
-
-    have = _cached(setup, set(prompts))
-    todo = {rid: p for rid, p in prompts.items() if rid not in have or have[rid].error}
-    if todo:
-        s = setup.settings
-        await agenerate(
-            [Problem(id=rid, domain="judge", question=p, reference="") for rid, p in todo.items()],
-            setup.judge,
-            setup.cache,
-            n=1,
-            temperatures=(s.temperature,),
-            top_p=s.top_p,
-            max_tokens=s.max_tokens,
-            seed=s.seed,
-            retry_errors=any(rid in have for rid in todo),
-            show_progress=show_progress,
-        )
-        have = _cached(setup, set(prompts))
-    return have
+    """The judge's answers to {request id: prompt}, through the same cached, resumable path as the CoT judges."""
+    return await aask(prompts, setup.judge, setup.cache, setup.settings, show_progress)
 
 
 async def ajudge_many(items: Sequence[Item], show_progress: bool = False) -> list[Grade]:
