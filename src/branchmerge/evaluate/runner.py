@@ -47,6 +47,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.graders import GRADERS, Grade, grade_many
+from branchmerge.graders.judge import judge_configured, judging
 from branchmerge.records import EvalSample, Problem, Trace, append_jsonl, read_jsonl, write_jsonl
 from branchmerge.teachers.client import agenerate, drop_error_traces, repair_tail, request_seed
 from branchmerge.teachers.config import TeacherConfig
@@ -136,7 +137,7 @@ def evaluate_model(
         else:
             name, generate, count = _in_process(Path(model), model_name, s, batch_size, show_progress)
         if judge is not None:
-            stack.enter_context(_judging(judge, judge_cache or judge_cache_path(out)))
+            stack.enter_context(judging(judge, judge_cache or judge_cache_path(out)))
         return _run(name, generate, count, problems, out, s, benchmark, chunk_size, workers, regrade)
 
 
@@ -166,8 +167,6 @@ def estimated_reasoning_tokens(trace: Trace) -> int:
 
 def _check_graders(problems: list[Problem], judge: TeacherConfig | None) -> None:
     """Fail before any request when a grader is unknown or judge items have no judge."""
-    from branchmerge.graders import judge as judge_grader
-
     kinds = {p.grader.get("type", "exact") for p in problems}
     unknown = sorted(kinds - set(GRADERS))
     if unknown:
@@ -176,7 +175,7 @@ def _check_graders(problems: list[Problem], judge: TeacherConfig | None) -> None
             f"grader type(s) {unknown} not known (item {first}; known: {', '.join(sorted(GRADERS))})"
         )
     judged = [p.id for p in problems if p.grader.get("type") == "judge" and "judge" not in p.grader]
-    if judged and judge is None and judge_grader._default is None:
+    if judged and judge is None and not judge_configured():
         raise BranchmergeError(
             f"{len(judged)} item(s) (first: {judged[0]}) are graded by an LLM judge, and no judge is given: "
             "pass judge=TeacherConfig(...) (on the command line: --judge URL --judge-model NAME)"
@@ -483,16 +482,3 @@ def _served(
             name=name, base_url=url, model=name, max_concurrency=in_flight, timeout_s=86400, max_retries=0
         )
         yield config, _tokenizer_counter(AutoTokenizer.from_pretrained(path))
-
-
-@contextlib.contextmanager
-def _judging(judge: TeacherConfig, cache: str | Path) -> Iterator[None]:
-    """Make `judge` the default judge for the run, then put back whichever was set before."""
-    from branchmerge.graders import judge as judge_grader
-
-    before = judge_grader._default
-    judge_grader.configure_judge(judge, cache)
-    try:
-        yield
-    finally:
-        judge_grader._default = before

@@ -25,10 +25,11 @@ not parse, a failed request or a cut-off judge answer is a failed Grade with `er
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,23 @@ def configure_judge(
     if cache is None:
         raise BranchmergeError(f"configure_judge: give a cache path for judge '{judge.name}' verdicts")
     _default = JudgeSetup(judge, Path(cache), settings or JudgeSettings())
+
+
+def judge_configured() -> bool:
+    """Whether a default judge is set (items whose spec names no judge can be graded)."""
+    return _default is not None
+
+
+@contextlib.contextmanager
+def judging(judge: TeacherConfig, cache: str | Path, settings: JudgeSettings | None = None) -> Iterator[None]:
+    """`judge` as the default judge inside the block; whichever was set before is put back afterwards."""
+    global _default
+    before = _default
+    configure_judge(judge, cache, settings)
+    try:
+        yield
+    finally:
+        _default = before
 
 
 def judge_spec(question: str, rubric: str, item: str, threshold: int | None = None) -> dict[str, Any]:
