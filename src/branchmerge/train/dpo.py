@@ -23,13 +23,14 @@ from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.records import Problem, Trace, atomic_dir
+from branchmerge.records import Problem, Trace
 from branchmerge.teachers.local import check_model_dir
 from branchmerge.train.sft_data import assistant_message
 from branchmerge.train.trl_run import (
     RichProgress,
     RunSettings,
     quiet_transformers,
+    run_output,
     run_trainer,
     save_full,
     trainer_args,
@@ -169,7 +170,7 @@ def train_dpo(
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     out_dir = Path(out_dir)
     progress = RichProgress(label, show_progress)
-    with atomic_dir(out_dir) as tmp:
+    with run_output(out_dir) as tmp:
         config = DPOConfig(**trainer_args(s, tmp / "_trainer"), beta=s.beta, max_length=s.max_length)
         trainer = DPOTrainer(
             model=model,

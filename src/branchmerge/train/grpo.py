@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.records import Problem, atomic_dir
+from branchmerge.records import Problem
 from branchmerge.teachers.local import check_model_dir
 from branchmerge.train.reward_model import load_scorer
 from branchmerge.train.rewards import Scorer, grpo_rewards
@@ -30,6 +30,7 @@ from branchmerge.train.trl_run import (
     RichProgress,
     RunSettings,
     quiet_transformers,
+    run_output,
     run_trainer,
     save_full,
     trainer_args,
@@ -128,7 +129,7 @@ def train_grpo(
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     out_dir = Path(out_dir)
     progress = RichProgress(label, show_progress, metric="reward")
-    with atomic_dir(out_dir) as tmp:
+    with run_output(out_dir) as tmp:
         config = GRPOConfig(
             **trainer_args(s, tmp / "_trainer"),
             num_generations=s.num_generations,

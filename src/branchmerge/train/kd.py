@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.records import SFTExample, atomic_dir
+from branchmerge.records import SFTExample
 from branchmerge.teachers.local import check_model_dir
 from branchmerge.train.kd_cache import (
     CacheReport,
@@ -53,6 +53,7 @@ from branchmerge.train.trl_run import (
     RichProgress,
     RunSettings,
     quiet_transformers,
+    run_output,
     run_trainer,
     save_full,
     trainer_args,
@@ -293,7 +294,7 @@ def train_kd(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     progress = RichProgress(label, show_progress)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with run_output(out_dir) as tmp:
         args = TrainingArguments(
             **{**trainer_args(s, tmp / "_trainer"), "logging_steps": 1}, remove_unused_columns=False
         )

@@ -39,7 +39,7 @@ from transformers import (
 )
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.records import Problem, Trace, atomic_dir, atomic_write_text
+from branchmerge.records import Problem, Trace, atomic_write_text
 from branchmerge.teachers.local import check_model_dir
 from branchmerge.teachers.thinking import split_reasoning
 from branchmerge.train.rewards import Scorer, completion_text
@@ -48,6 +48,7 @@ from branchmerge.train.trl_run import (
     RichProgress,
     RunSettings,
     quiet_transformers,
+    run_output,
     run_trainer,
     save_full,
     trainer_args,
@@ -170,7 +171,7 @@ def train_reward_model(
     )
     out_dir = Path(out_dir)
     progress = RichProgress(label, show_progress)
-    with atomic_dir(out_dir) as tmp:
+    with run_output(out_dir) as tmp:
         quiet_transformers()
         trainer = Trainer(
             model=model,

@@ -252,7 +252,9 @@ def gathered_state_dict(trainer: Trainer) -> dict[str, Any] | None:
 
 def save_full(model: Any, base: Path, tmp: Path, state_dict: dict[str, Any] | None = None) -> None:
     """Weights as safetensors (from `state_dict` when gathered from shards) plus the base's tokenizer files; drops
-    the trainer's scratch folder."""
+    the trainer's scratch folder. Only the main process of a multi-process launch writes (see `run_output`)."""
+    if not is_main_process():
+        return
     model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     copy_side_files(base, tmp)
     shutil.rmtree(tmp / "_trainer", ignore_errors=True)
