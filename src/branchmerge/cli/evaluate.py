@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
+from branchmerge.cli.endpoints import endpoint_config
 from branchmerge.cli.main import command, console
-from branchmerge.errors import BranchmergeError, validation_error
+from branchmerge.errors import BranchmergeError
 from branchmerge.records import EvalSample, Problem, read_jsonl
 from branchmerge.teachers.config import TeacherConfig
 
@@ -109,17 +109,24 @@ def evaluate(
         raise BranchmergeError("--base-url needs --model (the model name the endpoint serves)")
     if (judge_url is None) != (judge_model is None):
         raise BranchmergeError("give the judge as --judge URL --judge-model NAME (both)")
-    target: TeacherConfig | Path = (
-        model
-        if model is not None
-        else _config("--base-url", name or endpoint_model, base_url, endpoint_model, api_key_env, concurrency)
-    )
+    target: TeacherConfig | Path
+    if model is not None:
+        target = model
+    else:
+        assert base_url is not None and endpoint_model is not None  # checked above
+        target = endpoint_config(
+            "--base-url", base_url, endpoint_model, name, api_key_env=api_key_env, max_concurrency=concurrency
+        )
     items, bench = load_problems(
         problems, benchmark, domains, levels, fresh_seed, set_name, set_path, seed, limit
     )
     if not items:
         raise BranchmergeError("no items to evaluate (check --domains, --levels, --limit or the file)")
-    judge = _config("--judge", "judge", judge_url, judge_model, judge_key_env, 8) if judge_url else None
+    judge = (
+        endpoint_config("--judge", judge_url, judge_model, "judge", api_key_env=judge_key_env)
+        if judge_url and judge_model
+        else None
+    )
     samples = evaluate_model(
         target,
         items,
@@ -206,24 +213,6 @@ def parse_levels(text: str) -> list[int]:
             raise BranchmergeError(f"--levels: '{part}' is outside 1-10 (or its range runs backwards)")
         out += [lv for lv in range(first, last + 1) if lv not in out]
     return out
-
-
-def _config(
-    flag: str,
-    name: str | None,
-    urls: list[str] | str | None,
-    model: str | None,
-    key_env: str | None,
-    concurrency: int,
-) -> TeacherConfig:
-    assert urls is not None and model is not None and name is not None
-    base_url = urls if isinstance(urls, str) else urls[0] if len(urls) == 1 else urls
-    try:
-        return TeacherConfig(
-            name=name, base_url=base_url, model=model, api_key_env=key_env, max_concurrency=concurrency
-        )
-    except ValidationError as e:
-        raise validation_error(flag, e) from None
 
 
 def print_summary(samples: list[EvalSample]) -> None:

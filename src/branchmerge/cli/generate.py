@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from branchmerge.cli.endpoints import endpoint_config
 from branchmerge.cli.main import command, console
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, read_jsonl
@@ -51,7 +52,7 @@ def generate(
 
     Example: branchmerge generate problems.jsonl --out traces.jsonl --base-url http://127.0.0.1:8000/v1 --model teacher --temperature 0.6 --temperature 1.0
     """
-    from branchmerge.teachers.client import TeacherConfig, generate_traces, plan_generation
+    from branchmerge.teachers.client import generate_traces, plan_generation
     from branchmerge.teachers.config import load_teachers
 
     if teachers is not None:
@@ -60,10 +61,11 @@ def generate(
         configs = load_teachers(teachers)
     elif base_url and model:
         configs = [
-            TeacherConfig(
-                name=teacher or model,
-                base_url=base_url[0] if len(base_url) == 1 else base_url,
-                model=model,
+            endpoint_config(
+                "--base-url",
+                base_url,
+                model,
+                teacher,
                 api_key_env=api_key_env,
                 max_concurrency=concurrency,
                 requests_per_min=rpm,

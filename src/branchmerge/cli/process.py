@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
 
+from branchmerge.cli.endpoints import url_or_checkpoint
 from branchmerge.cli.main import command, console
 from branchmerge.errors import BranchmergeError
 
@@ -36,31 +35,6 @@ def _per_domain(option: str, values: list[str] | None, kind: type) -> dict:
         if not sep or not domain:
             raise BranchmergeError(f"{option} {v!r}: expected DOMAIN=NUMBER, e.g. math=500")
     return out
-
-
-@contextlib.contextmanager
-def endpoint(option: str, where: str | None, model: str | None, api_key_env: str | None) -> Iterator[Any]:
-    """A TeacherConfig for `where`: an OpenAI-compatible base URL (with `model`), or a local checkpoint folder
-    served on 127.0.0.1 while the block runs. None when `where` is None."""
-    from branchmerge.teachers.config import TeacherConfig
-
-    if where is None:
-        yield None
-        return
-    if where.startswith(("http://", "https://")):
-        if not model:
-            raise BranchmergeError(f"{option} {where}: give the model name with {option}-model")
-        yield TeacherConfig(name=model, base_url=where, model=model, api_key_env=api_key_env)
-        return
-    path = Path(where)
-    if not path.is_dir():
-        raise BranchmergeError(f"{option} {where}: neither an http(s) URL nor a checkpoint folder")
-    from branchmerge.teachers.serve import running_server
-
-    with running_server(path) as url:
-        yield TeacherConfig(
-            name=model or path.name, base_url=url, model=model or path.name, max_concurrency=32
-        )
 
 
 def _options(config: Path | None, flags: dict[str, dict[str, Any]]) -> Any:
@@ -178,8 +152,8 @@ def process(
     before = read_jsonl(traces, Trace)
     by_id = {p.id: p for p in read_jsonl(problems, Problem)}
     with (
-        endpoint("--judge", judge, judge_model, judge_api_key_env) as judge_cfg,
-        endpoint("--student", student, student_model, None) as student_cfg,
+        url_or_checkpoint("--judge", judge, judge_model, judge_api_key_env) as judge_cfg,
+        url_or_checkpoint("--student", student, student_model, None) as student_cfg,
     ):
         ctx = StepContext(out.parent, out.stem, judge_cfg, student_cfg, judge_cache)
         process_traces(chain, before, by_id, options, out, ctx, on_step=print_counts)
