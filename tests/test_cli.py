@@ -87,3 +87,18 @@ def test_merge_bad_config(tmp_path):
     code, out = _run("merge", str(p), str(tmp_path / "out"))
     assert code == 2 and "slerpp" in out and "Traceback" not in out
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_with_a_bad_base_url_is_one_line_naming_the_option(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"id": "p", "domain": "d", "question": "q", "reference": "r"}\n')
+    args = [
+        "generate",
+        str(tmp_path / "p.jsonl"),
+        "--out",
+        str(tmp_path / "t.jsonl"),
+        "--base-url",
+        "ftp://x",
+    ]
+    r = runner.invoke(app, [*args, "--model", "m"])
+    assert r.exit_code == 2 and r.output.count("error:") == 1 and "--base-url: base_url:" in r.output
+    assert not (tmp_path / "t.jsonl").exists()
