@@ -172,7 +172,6 @@ def train_reward_model(
     out_dir = Path(out_dir)
     progress = RichProgress(label, show_progress)
     with run_output(out_dir) as tmp:
-        quiet_transformers()
         trainer = Trainer(
             model=model,
             args=TrainingArguments(**trainer_args(s, tmp / "_trainer")),
