@@ -84,14 +84,13 @@ def process_traces(
         raise BranchmergeError(f"traces of problems that are not in the problems file, e.g. '{missing[0]}'")
     base = ctx or StepContext(out.parent, out.stem)
     check_ready(steps, options, base)
-    if base.judge_cache is None:
-        base.judge_cache = out.parent / f"{out.stem}.judge.jsonl"
+    cache = base.judge_cache or out.parent / f"{out.stem}.judge.jsonl"  # one for the whole chain
     chain = len(steps) > 1
     folder = out.parent / f"{out.stem}.steps" if chain else out.parent
     all_counts = []
     for i, step in enumerate(steps, start=1):
         stem = f"{i:02d}-{step}" if chain else out.stem
-        ctx_i = StepContext(folder, stem, base.judge, base.student, base.judge_cache, base.show_progress)
+        ctx_i = StepContext(folder, stem, base.judge, base.student, cache, base.show_progress)
         folder.mkdir(parents=True, exist_ok=True)
         result = PROCESSORS[step](traces, problems, options, ctx_i)
         counts = count_step(step, traces, result.kept, problems, result.removed)
