@@ -101,7 +101,8 @@ def evaluate(
     Example: branchmerge eval ./merged --benchmark mdr --domains logic,math --n 4 --out merged.jsonl
     Example: branchmerge eval --base-url http://127.0.0.1:8000/v1 --model qwen3-4b --set gsm8k --set-path gsm8k/test.jsonl
     """
-    from branchmerge.evaluate.runner import evaluate_model, truncation_rate
+    from branchmerge.evaluate.grading import truncation_rate
+    from branchmerge.evaluate.runner import evaluate_model
 
     if (model is None) == (base_url is None):
         raise BranchmergeError("name one model: a checkpoint folder, or --base-url URL --model NAME")
@@ -217,7 +218,7 @@ def parse_levels(text: str) -> list[int]:
 
 def print_summary(samples: list[EvalSample]) -> None:
     """Per domain (then all): items, samples, pass@1 (the mean over samples), truncated share, mean tokens."""
-    from branchmerge.evaluate.runner import truncation_rate
+    from branchmerge.evaluate.grading import truncation_rate
 
     groups: dict[str, list[EvalSample]] = {}
     for s in samples:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
 from branchmerge.cot.text import trace_length
 from branchmerge.errors import BranchmergeError
-from branchmerge.graders import GRADERS, grade_many, needs_reference
+from branchmerge.graders import GRADERS, grade_many, needs_reference, unknown_graders
 from branchmerge.records import Problem, Trace
 
 
@@ -48,12 +48,14 @@ class VerifyReport:
 
 def check_graders(problems: Iterable[Problem]) -> None:
     """An unknown grader type is a mistake in the problems file: one error before any grading."""
-    for p in problems:
-        kind = p.grader.get("type", "exact")
-        if kind not in GRADERS:
-            raise BranchmergeError(
-                f"problem '{p.id}': grader type '{kind}' is not known (known: {', '.join(sorted(GRADERS))})"
-            )
+    listed = list(problems)
+    unknown = unknown_graders(p.grader for p in listed)
+    if unknown:
+        i, kind = unknown[0]
+        raise BranchmergeError(
+            f"problem '{listed[i].id}': grader type '{kind}' is not known "
+            f"(known: {', '.join(sorted(GRADERS))})"
+        )
 
 
 def _unverifiable(t: Trace, problem: Problem) -> str | None:

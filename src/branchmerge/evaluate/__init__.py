@@ -1,6 +1,61 @@
-"""Evaluation: run models on benchmark items, grade with the shared graders, compute statistics, write reports."""
+"""Evaluation: run models on benchmark items, grade with the shared graders, compute statistics, write reports.
 
-from branchmerge.evaluate.runner import evaluate_model
-from branchmerge.evaluate.stats import accuracy_table, paired_test, wilson_interval
+The API a script needs: `load_mdr` / `load_set` for the problems, `evaluate_model` to sample and grade a model,
+the statistics of `evaluate.stats` on its EvalSamples, and `render_report` for report.md and report.html.
+"""
 
-__all__ = ["accuracy_table", "evaluate_model", "paired_test", "wilson_interval"]
+from branchmerge.evaluate.grading import outputs_path, truncation_rate
+from branchmerge.evaluate.loaders import load_set
+from branchmerge.evaluate.mdr import load_mdr
+from branchmerge.evaluate.report import render_report
+from branchmerge.evaluate.runner import evaluate_model, judge_cache_path
+from branchmerge.evaluate.stats import (
+    Comparison,
+    Estimate,
+    Lengths,
+    Synergy,
+    accuracy_table,
+    bootstrap_mean,
+    compare,
+    length_table,
+    merge_synergy,
+    paired_compare,
+    paired_test,
+    pass1,
+    pass1_ci,
+    pass1_table,
+    pass_at_k,
+    pass_at_k_curve,
+    pass_at_k_curves,
+    sign_flip_p,
+    wilson_interval,
+)
+
+__all__ = [
+    "Comparison",
+    "Estimate",
+    "Lengths",
+    "Synergy",
+    "accuracy_table",
+    "bootstrap_mean",
+    "compare",
+    "evaluate_model",
+    "judge_cache_path",
+    "length_table",
+    "load_mdr",
+    "load_set",
+    "merge_synergy",
+    "outputs_path",
+    "paired_compare",
+    "paired_test",
+    "pass1",
+    "pass1_ci",
+    "pass1_table",
+    "pass_at_k",
+    "pass_at_k_curve",
+    "pass_at_k_curves",
+    "render_report",
+    "sign_flip_p",
+    "truncation_rate",
+    "wilson_interval",
+]

@@ -3,7 +3,7 @@
 Sections: pass@1 per model × domain with bootstrap intervals (and the grouped bar chart `accuracy.png`), paired
 comparisons against a baseline (every "A beats B in D" with its interval, flagged when not significant), merge
 synergy (domains where a merge beats all of its parents), pass@k curves, output length by domain, level and
-difficulty, then stage times and notes. The numbers come from `stats.py`, the figures from `plots.py`, the
+difficulty, then stage times and notes. The numbers come from `stats/`, the figures from `plots.py`, the
 rendering from `report_html.py`.
 """
 

@@ -2,6 +2,6 @@
 
 from branchmerge.graders.base import Grade, grade, needs_reference
 from branchmerge.graders.parallel import grade_many
-from branchmerge.graders.registry import GRADERS
+from branchmerge.graders.registry import GRADERS, unknown_graders
 
-__all__ = ["GRADERS", "Grade", "grade", "grade_many", "needs_reference"]
+__all__ = ["GRADERS", "Grade", "grade", "grade_many", "needs_reference", "unknown_graders"]

@@ -41,9 +41,9 @@ def grade_many(items: list[Item], workers: int | None = None, errors: str = "rai
     with at most one item that needs a worker, everything runs here. Exceptions (an unknown grader type, a bad
     reference) propagate as from `grade`; unknown types are reported before any work starts. With
     `errors="record"` a bad reference is a failed Grade whose `error` says why, and the batch goes on."""
-    from branchmerge.graders.registry import GRADERS
+    from branchmerge.graders.registry import GRADERS, unknown_graders
 
-    unknown = sorted({spec.get("type", "exact") for _, _, spec in items} - set(GRADERS))
+    unknown = sorted({kind for _, kind in unknown_graders(spec for _, _, spec in items)})
     if unknown:
         raise KeyError(f"grader type(s) {unknown} not known (known: {', '.join(sorted(GRADERS))})")
     workers = workers or os.cpu_count() or 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from branchmerge.graders.base import Grader
 from branchmerge.graders.choice import grade_choice
 from branchmerge.graders.code import grade_code
@@ -26,3 +29,12 @@ GRADERS: dict[str, Grader] = {
     "constraints": grade_constraints,
     "judge": grade_judge,
 }
+
+
+def unknown_graders(specs: Iterable[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    """(index, type) of each grader spec whose `type` (default "exact") is not a registered grader, in order.
+
+    The one check behind every "grader type ... not known" error; each caller words its own message.
+    """
+    kinds = ((i, spec.get("type", "exact")) for i, spec in enumerate(specs))
+    return [(i, kind) for i, kind in kinds if kind not in GRADERS]
