@@ -227,7 +227,7 @@ def test_experts_and_curriculum_are_validated_by_field(tmp_path):
 
 
 def test_teacher_experts_are_model_names_merges_can_use(tmp_path):
-    from branchmerge.recipe.runner import model_names, preflight
+    from branchmerge.recipe.resolve import model_names, preflight
 
     data = _two_teachers(tmp_path, experts="teacher")
     data["merges"] = {
@@ -265,7 +265,8 @@ def _sft(i, domain, teacher, difficulty):
 def test_branch_plans_and_stage_keys(tmp_path):
     """Domain experts without a curriculum keep the keys earlier versions gave them (old runs are reused);
     teacher experts and curricula get keys of their own."""
-    from branchmerge.recipe.runner import branch_plans, model_names, train_key
+    from branchmerge.recipe.keys import train_key
+    from branchmerge.recipe.resolve import branch_plans, model_names
 
     examples = [
         _sft(i, "add", t, d) for i, (t, d) in enumerate([("tt", "medium"), ("uu", "hard"), ("tt+rw", "hard")])
@@ -302,7 +303,7 @@ def test_branch_plans_and_stage_keys(tmp_path):
 
 def test_train_stage_runs_a_curriculum_branch(tmp_path, tiny_model_dir):
     from branchmerge.recipe import stages as recipe_stages
-    from branchmerge.recipe.runner import branch_plans
+    from branchmerge.recipe.resolve import branch_plans
     from branchmerge.records import write_jsonl
 
     examples = [

@@ -63,9 +63,33 @@ def run(
         list[str] | None, typer.Option("--set", help="Override a recipe field: KEY=VALUE (repeatable).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check everything that can be checked without running and print the plan: stages (cached or "
+            "not), teacher and judge requests, tokens and cost, training tokens and GPU memory per stage. "
+            "Exits 1 only on errors; missing inputs and unreachable endpoints are listed.",
+        ),
+    ] = False,
+    no_probe: Annotated[
+        bool, typer.Option("--no-probe", help="With --dry-run: do not ask endpoints for /v1/models.")
+    ] = False,
 ) -> None:
     """Run a recipe. Finished stages whose inputs did not change are reused.
 
     Example: branchmerge run my-recipe.yaml --out runs/exp1 --set train.settings.max_steps=50
+    (first: branchmerge run my-recipe.yaml --out runs/exp1 --dry-run)
     """
-    _run(recipe, out, set_ or [], quiet)
+    if not dry_run:
+        _run(recipe, out, set_ or [], quiet)
+        return
+    from branchmerge.cli.plan_view import print_plan
+    from branchmerge.errors import BranchmergeError
+    from branchmerge.recipe import load_recipe
+    from branchmerge.recipe.plan import plan_recipe
+
+    plan = plan_recipe(load_recipe(recipe, set_ or []), out, recipe.parent, probe=not no_probe)
+    print_plan(plan, console)
+    if plan.errors:
+        raise BranchmergeError(f"{recipe}: {len(plan.errors)} error(s); see above")

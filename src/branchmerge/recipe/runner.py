@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,135 +12,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from branchmerge.errors import BranchmergeError
 from branchmerge.evaluate.report import render_report
 from branchmerge.evaluate.stats import accuracy_table
-from branchmerge.recipe import stages
+from branchmerge.recipe import data_stages, stages
 from branchmerge.recipe.cache import StageCache, StageOutcome, dir_fingerprint, fingerprint
-from branchmerge.recipe.schema import Recipe
+from branchmerge.recipe.keys import (
+    eval_key,
+    eval_set_key,
+    eval_stage_name,
+    generate_key,
+    problems_key,
+    process_key,
+    train_key,
+)
+from branchmerge.recipe.resolve import STUDENT, branch_plans, preflight
+from branchmerge.recipe.schema import Recipe, TeacherSpec
 from branchmerge.records import EvalSample, Problem, SFTExample, read_jsonl
-from branchmerge.teachers.local import check_model_dir
-from branchmerge.train.branches import MIXTURE, BranchPlan, expert_name, plan_branches
-
-STUDENT = "student"
-
-
-def resolve_checkpoint(ref: str, base_dir: Path, field_name: str) -> Path:
-    """`tinylab:teacher` / `tinylab:student` name the shipped weights; anything else is a folder path."""
-    if ref.startswith("tinylab:"):
-        from branchmerge.tinylab import weights
-
-        which = ref.split(":", 1)[1]
-        if which == "teacher":
-            return weights.teacher_dir()
-        if which == "student":
-            return weights.student_dir()
-        raise BranchmergeError(
-            f"{field_name}: '{ref}' is not a shipped model (known: tinylab:teacher, tinylab:student)"
-        )
-    path = Path(ref).expanduser()
-    path = path if path.is_absolute() else base_dir / path
-    try:
-        return check_model_dir(path)
-    except BranchmergeError as e:
-        raise BranchmergeError(f"{field_name}: {e}") from None
-
-
-def _model_refs(config: dict[str, Any]) -> list[tuple[str, str]]:
-    """(where, name) of every model a merge config names."""
-    refs = []
-    if "base_model" in config:
-        refs.append(("base_model", str(config["base_model"])))
-    for i, m in enumerate(config.get("models", []) or []):
-        name = m.get("model") if isinstance(m, dict) else m
-        refs.append((f"models[{i}].model", str(name)))
-    if isinstance(config.get("tokenizer_source"), str) and config["tokenizer_source"] not in (
-        "base",
-        "union",
-    ):
-        refs.append(("tokenizer_source", config["tokenizer_source"]))
-    return refs
-
-
-def expert_groups(recipe: Recipe) -> list[str]:
-    """What the recipe splits the student into: its domains, or its teachers' names."""
-    if recipe.train.experts == "teacher":
-        return [t.name for t in recipe.teachers]
-    return list(recipe.problems.domains)
-
-
-def model_names(recipe: Recipe) -> list[str]:
-    names = [STUDENT] + [expert_name(g) for g in expert_groups(recipe)]
-    if recipe.train.mixture:
-        names.append(MIXTURE)
-    return names
-
-
-def branch_plans(recipe: Recipe, examples: list[SFTExample]) -> list[BranchPlan]:
-    """The experts and the mixture of `model_names`, from the built SFT set (errors before any training)."""
-    t = recipe.train
-    return plan_branches(
-        examples,
-        t.experts,
-        t.mixture,
-        t.mixture_budget,
-        t.settings,
-        groups=expert_groups(recipe),
-        curriculum=t.curriculum,
-    )
-
-
-def train_key(s_key: str, student_fp: str, plan: BranchPlan) -> str:
-    """A branch's stage key. Domain experts and the mixture without a curriculum keep the keys of the versions
-    before teacher experts and curricula existed, so earlier runs of such recipes are reused."""
-    where = plan.where
-    domains = where.get("domain") if where else None
-    parts: list[Any] = [s_key, student_fp, plan.settings.model_dump(), domains]
-    if set(where) - {"domain"} or plan.curriculum:
-        parts += [where, [st.model_dump() for st in plan.curriculum or []]]
-    return fingerprint("train", *parts)
-
-
-def preflight(recipe: Recipe, base_dir: Path) -> dict[str, Path]:
-    """Every check that needs no heavy work, all errors reported at once. Returns resolved checkpoints."""
-    from branchmerge.merge import METHODS
-
-    errors: list[str] = []
-    paths: dict[str, Path] = {}
-    for i, t in enumerate(recipe.teachers):
-        if t.checkpoint is not None:
-            try:
-                paths[f"teacher:{t.name}"] = resolve_checkpoint(
-                    t.checkpoint, base_dir, f"teachers[{i}].checkpoint"
-                )
-            except BranchmergeError as e:
-                errors.append(str(e))
-    try:
-        paths[STUDENT] = resolve_checkpoint(recipe.train.student, base_dir, "train.student")
-    except BranchmergeError as e:
-        errors.append(str(e))
-    known = set(model_names(recipe))
-    for name, cfg in recipe.merges.items():
-        where = f"merges.{name}"
-        if name in known:
-            errors.append(f"{where}: the name '{name}' is already a model name; pick another")
-        method = cfg.get("merge_method")
-        if method not in METHODS:
-            errors.append(
-                f"{where}.merge_method: '{method}' is not a merge method (known: {', '.join(METHODS)})"
-            )
-        for field_name, ref in _model_refs(cfg):
-            if ref not in known:
-                errors.append(
-                    f"{where}.{field_name}: '{ref}' is not a model of this recipe or an earlier merge "
-                    f"(known: {', '.join(sorted(known))})"
-                )
-        known.add(name)
-    if recipe.eval.baseline not in known:
-        errors.append(f"eval.baseline: '{recipe.eval.baseline}' is not a model of this recipe")
-    if errors:
-        raise BranchmergeError("\n".join(errors))
-    return paths
+from branchmerge.teachers.config import TeacherConfig
 
 
 @dataclass
@@ -180,8 +69,8 @@ def run_recipe(
     console: Console | None = None,
 ) -> RunResult:
     console = console or Console()
-    out = Path(out_dir)
-    paths = preflight(recipe, Path(base_dir))
+    out, base = Path(out_dir), Path(base_dir)
+    paths = preflight(recipe, base)
     cache = StageCache(out)
     result = RunResult(out)
 
@@ -193,19 +82,15 @@ def run_recipe(
         console.print(f"  {status} {escape(name):<28} {secs:7.1f} s  {escape(_describe(o))}")
         return o
 
-    # problems → traces → verified traces → SFT set
-    p_key = fingerprint("problems", recipe.problems.model_dump())
-    po = stage("problems", p_key, lambda w: stages.problems_stage(recipe.problems, w))
+    # problems → traces → processed traces → SFT set
+    p_key = problems_key(recipe, base)
+    po = stage("problems", p_key, lambda w: data_stages.problems_stage(recipe.problems, base, w))
     train_problems = read_jsonl(po.path / "train.jsonl", Problem)
-    eval_problems = read_jsonl(po.path / "eval.jsonl", Problem)
 
     trace_files, g_keys = [], []
     for t in recipe.teachers:
         ckpt = paths.get(f"teacher:{t.name}")
-        who = dir_fingerprint(ckpt) if ckpt else (t.base_url, t.model)
-        g_key = fingerprint(
-            "generate", p_key, t.model_dump(exclude={"max_concurrency"}), who, recipe.generate.model_dump()
-        )
+        g_key = generate_key(recipe, t, p_key, ckpt)
         go = stage(
             f"generate.{t.name}",
             g_key,
@@ -216,20 +101,8 @@ def run_recipe(
         trace_files.append(go.path / "traces.jsonl")
         g_keys.append(g_key)
     pspec = recipe.process
-    judge = None
-    if pspec.judge is not None:
-        jt = next(t for t in recipe.teachers if t.name == pspec.judge)
-        judge = (jt, paths.get(f"teacher:{jt.name}"))
-    by_student = pspec.difficulty.method == "student" and "difficulty" in pspec.steps
-    v_key = fingerprint(
-        "process",
-        p_key,
-        g_keys,
-        pspec.model_dump(mode="json"),
-        judge[0].model_dump(exclude={"max_concurrency"}) if judge else None,
-        dir_fingerprint(judge[1]) if judge and judge[1] else None,
-        dir_fingerprint(paths[STUDENT]) if by_student else None,
-    )
+    judge = _judge(recipe, pspec.judge, paths)
+    v_key = process_key(recipe, p_key, g_keys, judge, paths[STUDENT])
     vo = stage(
         "process",
         v_key,
@@ -261,29 +134,72 @@ def run_recipe(
         )
         models[plan.name] = (o.path / "model", key)
 
+    # RV / CD reward models, then a GRPO stage from a trained model (rewarded by them when present)
+    r_dir = None
+    if recipe.reward_models is not None:
+        rspec = recipe.reward_models
+        r_key = fingerprint("reward-models", v_key, student_fp, rspec.model_dump())
+        ro = stage(
+            "reward-models",
+            r_key,
+            lambda w: stages.reward_models_stage(
+                train_problems, vo.path / "processed.jsonl", student, rspec, w, show_progress
+            ),
+        )
+        r_dir = (ro.path, r_key)
+    if recipe.grpo is not None:
+        gspec = recipe.grpo
+        start = models[gspec.start]
+        key = fingerprint("grpo", p_key, start[1], r_dir[1] if r_dir else None, gspec.model_dump())
+        o = stage(
+            f"grpo.{gspec.name}",
+            key,
+            lambda w: stages.grpo_stage(
+                train_problems, start[0], r_dir[0] if r_dir else None, gspec, w, show_progress
+            ),
+        )
+        models[gspec.name] = (o.path / "model", key)
+
     # merges: names in the config resolve to this run's models, including earlier merges ((A & B) & C)
     for name, cfg in recipe.merges.items():
-        resolved = _resolve_merge(cfg, models)
-        keyed = _resolve_merge(cfg, {k: (Path(v[1]), v[1]) for k, v in models.items()})
+        resolved = resolve_merge(cfg, models)
+        keyed = resolve_merge(cfg, {k: (Path(v[1]), v[1]) for k, v in models.items()})
         key = fingerprint("merge", keyed)
         o = stage(
             f"merge.{name}", key, lambda w, resolved=resolved: stages.merge_stage(resolved, w, show_progress)
         )
         models[name] = (o.path / "model", key)
 
-    # evaluation of every model on the held-out items, then the report
+    # every model on every eval set (a judge, when named, is started once, at the first stage that needs it)
     e_spec = recipe.eval
     samples: list[EvalSample] = []
-    for name, (mdir, mkey) in models.items():
-        key = fingerprint("eval", p_key, mkey, name, e_spec.model_dump(exclude={"baseline"}))
-        o = stage(
-            f"eval.{name}",
-            key,
-            lambda w, mdir=mdir, name=name: stages.eval_stage(
-                mdir, name, eval_problems, e_spec, w, show_progress
-            ),
-        )
-        samples += read_jsonl(o.path / "samples.jsonl", EvalSample)
+    eval_problems: list[Problem] = []
+    with contextlib.ExitStack() as stack:
+        eval_judge = _LazyEndpoint(stack, _judge(recipe, e_spec.judge, paths))
+        for set_spec in e_spec.sets:
+            label = set_spec.label or set_spec.name
+            set_key = eval_set_key(set_spec, p_key, base)
+            eo = stage(
+                f"eval-set.{label}",
+                set_key,
+                lambda w, s=set_spec: data_stages.eval_set_stage(s, po.path / "eval.jsonl", base, w),
+            )
+            items = read_jsonl(eo.path / "problems.jsonl", Problem)
+            eval_problems += items
+            sampling = e_spec.sampling(set_spec)
+            for name in e_spec.models or list(models):
+                mdir, mkey = models[name]
+                key = eval_key(set_key, mkey, name, sampling, e_spec, set_spec)
+                o = stage(
+                    eval_stage_name(name, label, e_spec),
+                    key,
+                    lambda w, mdir=mdir, name=name, items=items, label=label, sampling=sampling: (
+                        stages.eval_stage(
+                            mdir, name, items, label, sampling, eval_judge.get(), w, show_progress
+                        )
+                    ),
+                )
+                samples += read_jsonl(o.path / "samples.jsonl", EvalSample)
 
     result.accuracy = accuracy_table(samples)
     rows = [(o.name, "reused" if o.reused else "ran", o.original_seconds) for o in result.stages]
@@ -296,8 +212,31 @@ def run_recipe(
         title=f"{recipe.name}: results",
         merges={name: _parents(cfg) for name, cfg in recipe.merges.items()},
         problems=eval_problems,
+        max_k=e_spec.max_k,
     )
     return result
+
+
+class _LazyEndpoint:
+    """A judge endpoint entered into `stack` on first use, so a fully cached evaluation starts no server."""
+
+    def __init__(self, stack: contextlib.ExitStack, judge: tuple[TeacherSpec, Path | None] | None) -> None:
+        self.stack, self.judge = stack, judge
+        self.cfg: TeacherConfig | None = None
+
+    def get(self) -> TeacherConfig | None:
+        if self.judge is not None and self.cfg is None:
+            self.cfg = self.stack.enter_context(stages.teacher_endpoint(*self.judge))
+        return self.cfg
+
+
+def _judge(
+    recipe: Recipe, name: str | None, paths: dict[str, Path]
+) -> tuple[TeacherSpec, Path | None] | None:
+    if name is None:
+        return None
+    t = next(t for t in recipe.teachers if t.name == name)
+    return t, paths.get(f"teacher:{t.name}")
 
 
 def _parents(cfg: dict[str, Any]) -> list[str]:
@@ -306,7 +245,7 @@ def _parents(cfg: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(str(m["model"]) for m in cfg.get("models", [])))
 
 
-def _resolve_merge(cfg: dict[str, Any], models: dict[str, tuple[Path, str]]) -> dict[str, Any]:
+def resolve_merge(cfg: dict[str, Any], models: dict[str, tuple[Path, str]]) -> dict[str, Any]:
     c = copy.deepcopy(cfg)
     if "base_model" in c:
         c["base_model"] = str(models[str(c["base_model"])][0])
@@ -323,7 +262,7 @@ def _notes(
 ) -> list[str]:
     notes = []
     base = acc.get(STUDENT, {})
-    for d in recipe.problems.domains:
+    for d in recipe.problems.train_domains:
         e = acc.get(f"expert-{d}", {}).get(d)
         b = base.get(d)
         if e and b:

@@ -10,6 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from branchmerge.cot.base import ProcessOptions
 from branchmerge.errors import BranchmergeError, validation_error
+from branchmerge.recipe.specs import (
+    EvalSpec,
+    GRPOSpec,
+    ProblemsSpec,
+    RewardModelsSpec,
+)
 from branchmerge.train.branches import Budget, SplitBy
 from branchmerge.train.curriculum import CurriculumStage
 from branchmerge.train.sft import SFTSettings
@@ -17,35 +23,6 @@ from branchmerge.train.sft import SFTSettings
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ProblemsSpec(_Spec):
-    source: str = "tinylab"
-    domains: list[str]
-    train_per_domain: int = Field(gt=0)
-    eval_per_domain: int = Field(gt=0)
-    levels: list[int] = [1, 2, 3, 4]
-    train_seed: int = 1
-    eval_seed: int = 2
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, v: str) -> str:
-        if v != "tinylab":
-            raise ValueError(f"'{v}' is not a problem source (known: tinylab)")
-        return v
-
-    @field_validator("domains")
-    @classmethod
-    def _known_domains(cls, v: list[str]) -> list[str]:
-        from branchmerge.tinylab.domains import DOMAINS
-
-        bad = [d for d in v if d not in DOMAINS]
-        if bad:
-            raise ValueError(f"unknown tinylab domain(s) {bad} (known: {', '.join(DOMAINS)})")
-        if not v:
-            raise ValueError("at least one domain is needed")
-        return v
 
 
 class TeacherSpec(_Spec):
@@ -81,6 +58,8 @@ class GenerateSpec(_Spec):
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_tokens: int = Field(default=512, gt=0)
     seed: int = 0
+    # The mean completion length `run --dry-run` prices requests at (None: max_tokens, an upper bound).
+    expected_tokens: int | None = Field(default=None, gt=0)
 
 
 class ProcessSpec(ProcessOptions):
@@ -109,7 +88,9 @@ class TrainSpec(_Spec):
     """The student, how to split it into experts (one per domain, or per teacher: `expert-<teacher>`), the
     data-mixture baseline and its step budget, the SFT settings, and an optional curriculum every branch runs."""
 
-    student: str
+    student: str  # a folder, `tinylab:student`, or a Hub id (Org/Name), downloaded when the run starts
+    # The student's config.json, for `run --dry-run`'s checks and memory estimates before a Hub student is local.
+    student_config: str | None = None
     experts: SplitBy = "domain"
     mixture: bool = True
     mixture_budget: Budget = (
@@ -140,15 +121,6 @@ class TrainSpec(_Spec):
         return v
 
 
-class EvalSpec(_Spec):
-    n: int = Field(default=1, gt=0)
-    temperature: float = Field(default=0.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int = Field(default=512, gt=0)
-    seed: int = 0
-    baseline: str = "student"
-
-
 class Recipe(_Spec):
     name: str
     problems: ProblemsSpec
@@ -157,6 +129,8 @@ class Recipe(_Spec):
     process: ProcessSpec = ProcessSpec()
     build_sft: BuildSFTSpec = BuildSFTSpec()
     train: TrainSpec
+    reward_models: RewardModelsSpec | None = None
+    grpo: GRPOSpec | None = None
     merges: dict[str, dict[str, Any]] = {}
     eval: EvalSpec = EvalSpec()
 
@@ -165,9 +139,12 @@ class Recipe(_Spec):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
-        if self.process.judge is not None and self.process.judge not in names:
+        for where, judge in (("process.judge", self.process.judge), ("eval.judge", self.eval.judge)):
+            if judge is not None and judge not in names:
+                raise ValueError(f"{where}: '{judge}' is not a teacher of this recipe ({names})")
+        if self.train.experts == "domain" and not self.problems.train_domains:
             raise ValueError(
-                f"process.judge: '{self.process.judge}' is not a teacher of this recipe ({names})"
+                "problems.domains: domain experts need the domains named (or a `domain` on every file)"
             )
         return self
 

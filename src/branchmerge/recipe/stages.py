@@ -11,37 +11,14 @@ from branchmerge.cot.base import ProcessOptions, StepContext
 from branchmerge.cot.registry import process_traces, resolve_steps
 from branchmerge.evaluate.runner import evaluate_model
 from branchmerge.evaluate.stats import accuracy_table
-from branchmerge.recipe.schema import (
-    BuildSFTSpec,
-    EvalSpec,
-    GenerateSpec,
-    ProblemsSpec,
-    ProcessSpec,
-    TeacherSpec,
-)
+from branchmerge.recipe.schema import BuildSFTSpec, GenerateSpec, ProcessSpec, TeacherSpec
+from branchmerge.recipe.specs import GRPOSpec, RewardModelsSpec
 from branchmerge.records import Problem, SFTExample, Trace, read_jsonl, write_jsonl
 from branchmerge.teachers.config import TeacherConfig
 from branchmerge.teachers.serve import running_server
 from branchmerge.train.branches import BranchPlan, train_branch
 from branchmerge.train.curriculum import CurriculumResult
 from branchmerge.train.sft_data import build_sft_examples
-
-
-def problems_stage(spec: ProblemsSpec, work: Path) -> dict[str, Any]:
-    """Held-out eval items first, then training items that exclude every eval question."""
-    from branchmerge.tinylab.domains import generate_problems
-
-    levels = tuple(spec.levels)
-    evals, trains = [], []
-    for d in spec.domains:
-        ev = generate_problems(d, spec.eval_per_domain, spec.eval_seed, levels)
-        evals += ev
-        trains += generate_problems(
-            d, spec.train_per_domain, spec.train_seed, levels, {p.question for p in ev}
-        )
-    write_jsonl(work / "train.jsonl", trains)
-    write_jsonl(work / "eval.jsonl", evals)
-    return {"train": len(trains), "eval": len(evals), "domains": spec.domains}
 
 
 @contextlib.contextmanager
@@ -182,20 +159,96 @@ def merge_stage(config: dict[str, Any], work: Path, show_progress: bool) -> dict
     return {"method": config["merge_method"], "tensors": r.n_tensors}
 
 
+def reward_models_stage(
+    problems: list[Problem],
+    processed: Path,
+    student: Path,
+    spec: RewardModelsSpec,
+    work: Path,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """One regressor per target (RV, CD) from the student, on the processed traces' judge scores."""
+    from branchmerge.train.reward_model import train_reward_model
+
+    traces = read_jsonl(processed, Trace)
+    summary: dict[str, Any] = {}
+    for target in spec.targets:
+        r = train_reward_model(
+            traces,
+            {p.id: p for p in problems},
+            student,
+            work / target,
+            target=target,
+            settings=spec.settings,
+            label=f"reward-{target}",
+            show_progress=show_progress,
+        )
+        summary[target] = {
+            "train": r.train,
+            "heldout": r.heldout,
+            "skipped": r.skipped,
+            "mae": round(r.mae, 4),
+            "spearman": None if r.spearman is None else round(r.spearman, 4),
+        }
+    return summary
+
+
+def grpo_stage(
+    problems: list[Problem],
+    start: Path,
+    reward_dir: Path | None,
+    spec: GRPOSpec,
+    work: Path,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """GRPO from `start`; the RV / CD rewards come from the reward-model stage's regressors when there is one."""
+    from branchmerge.train.grpo import train_grpo
+
+    def scorer(target: str) -> Path | None:
+        return reward_dir / target if reward_dir is not None and (reward_dir / target).exists() else None
+
+    r = train_grpo(
+        problems[: spec.problems],
+        start,
+        work / "model",
+        spec.settings,
+        rv_model=scorer("rv"),
+        rv_band=spec.rv_band,
+        cd_model=scorer("cd"),
+        cd_band=spec.cd_band,
+        lambda_rv=spec.lambda_rv,
+        lambda_cd=spec.lambda_cd,
+        label=spec.name,
+        show_progress=show_progress,
+    )
+    return {
+        "steps": r.steps,
+        "problems": r.problems,
+        "first_reward": round(r.first_reward, 4),
+        "last_reward": round(r.last_reward, 4),
+        "clipped_ratio": round(r.clipped_ratio, 4),
+    }
+
+
 def eval_stage(
-    model_dir: Path, name: str, problems: list[Problem], spec: EvalSpec, work: Path, show_progress: bool
+    model_dir: Path,
+    name: str,
+    problems: list[Problem],
+    benchmark: str,
+    sampling: dict[str, Any],
+    judge: TeacherConfig | None,
+    work: Path,
+    show_progress: bool,
 ) -> dict[str, Any]:
     samples = evaluate_model(
         model_dir,
         problems,
         work / "samples.jsonl",
         model_name=name,
-        n=spec.n,
-        temperature=spec.temperature,
-        top_p=spec.top_p,
-        max_tokens=spec.max_tokens,
-        seed=spec.seed,
+        benchmark=benchmark,
+        judge=judge,
         show_progress=show_progress,
+        **sampling,
     )
     table = accuracy_table(samples)[name]
     return {"accuracy": {d: round(a, 4) for d, (a, _) in table.items()}, "samples": len(samples)}

@@ -9,6 +9,6 @@ LLM judge; every other domain is graded programmatically.
 
 from __future__ import annotations
 
-from branchmerge.evaluate.mdr.base import Domain, load_mdr, register
+from branchmerge.evaluate.mdr.base import Domain, domain_names, load_mdr, register
 
-__all__ = ["Domain", "load_mdr", "register"]
+__all__ = ["Domain", "domain_names", "load_mdr", "register"]

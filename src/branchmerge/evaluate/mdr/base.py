@@ -47,6 +47,12 @@ def _load_all() -> None:
 MODULES: list[str] = ["logic", "math_reasoning", "sql", "python_debug", "science", "causal", "scenario", "ethics", "writing", "planning"]  # fmt: skip
 
 
+def domain_names() -> list[str]:
+    """The benchmark's domains, in report order."""
+    _load_all()
+    return list(DOMAINS)
+
+
 def load_mdr(
     domains: list[str] | None = None, fresh_seed: int | None = None, levels: list[int] | None = None
 ) -> list[Problem]:

@@ -1,0 +1,304 @@
+"""`run --dry-run`: check what can be checked without running, and say what the run will do and cost.
+
+Nothing here trains, generates or downloads. Findings come in three kinds: `errors` (the recipe cannot run as
+written: the command fails), `todo` (inputs not here yet: data files, a Hub model not in the local cache, an API
+key, an endpoint that does not answer — reported, because a plan is often made before they exist) and `warnings`
+(it will run, but look: merge rules that never apply, a method this machine cannot run, a stage that needs more
+GPU memory than this machine has).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from branchmerge.errors import BranchmergeError
+from branchmerge.recipe import keys
+from branchmerge.recipe.cache import dir_fingerprint
+from branchmerge.recipe.plan_costs import (
+    TeacherLoad,
+    TrainLoad,
+    estimate_teachers,
+    estimate_training,
+    prompt_counter,
+)
+from branchmerge.recipe.resolve import STUDENT, check_recipe, data_path, model_names
+from branchmerge.recipe.schema import Recipe
+from branchmerge.records import Problem, read_jsonl
+from branchmerge.train.memory import Shape, shape_from_config
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    cached: bool | None  # None: its key depends on a stage that has not run yet
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    recipe: str
+    errors: list[str] = field(default_factory=list)
+    todo: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    endpoints: list[tuple[str, str, str]] = field(default_factory=list)  # (teacher, url, status)
+    stages: list[PlannedStage] = field(default_factory=list)
+    teachers: list[TeacherLoad] = field(default_factory=list)
+    training: list[TrainLoad] = field(default_factory=list)
+    problems: dict[str, int] = field(default_factory=dict)  # training problems per domain (when known)
+    eval_items: dict[str, int] = field(default_factory=dict)
+    tokens_by: str = ""  # how prompt tokens were counted
+
+
+def plan_recipe(
+    recipe: Recipe, out_dir: str | Path, base_dir: str | Path = ".", *, probe: bool = True
+) -> Plan:
+    """The plan of `recipe` run into `out_dir`; `probe` asks each endpoint's /v1/models (3 s timeout)."""
+    out, base = Path(out_dir), Path(base_dir)
+    plan = Plan(recipe.name)
+    checked = check_recipe(recipe, base, download=False)
+    missing = [e for e in checked.errors if e.endswith(" not found") and (".path:" in e)]
+    plan.errors = [e for e in checked.errors if e not in missing]
+    plan.todo += missing
+    plan.todo += [
+        f"{where}: the Hub model '{ref}' is not in the local cache; the run downloads it"
+        for where, ref in checked.hub.items()
+    ]
+    for t in recipe.teachers:
+        if t.api_key_env and not os.environ.get(t.api_key_env):
+            plan.todo.append(f"teacher {t.name}: set ${t.api_key_env} (its API key)")
+        if t.base_url is not None:
+            for url in [t.base_url] if isinstance(t.base_url, str) else t.base_url:
+                status = _probe(url, t.model, t.api_key_env) if probe else "not probed"
+                plan.endpoints.append((t.name, url, status))
+                if not status.startswith("ok"):
+                    plan.todo.append(f"teacher {t.name}: {url} {status}")
+
+    student = checked.paths.get(STUDENT)
+    shape = _student_shape(recipe, student, base, plan)
+    if shape is not None:
+        _check_merges(recipe, student, shape, plan)
+    _check_machine(recipe, plan)
+
+    problems = _train_problems(recipe, out, base, plan)
+    counter = prompt_counter(student)
+    plan.tokens_by = counter[1]
+    plan.teachers = estimate_teachers(recipe, problems, counter, _eval_problems(recipe, out, base, plan))
+    plan.stages, s_key = _stages(recipe, out, base, checked.paths)
+    sft = out / "stages" / f"build-sft-{s_key}" / "sft.jsonl" if s_key else None
+    plan.training = estimate_training(recipe, problems, counter, shape, sft)
+    return plan
+
+
+def _probe(url: str, model: str | None, key_env: str | None) -> str:
+    import httpx
+
+    headers = (
+        {"Authorization": f"Bearer {os.environ[key_env]}"} if key_env and os.environ.get(key_env) else {}
+    )
+    try:
+        r = httpx.get(url.rstrip("/") + "/models", headers=headers, timeout=3.0)
+    except httpx.HTTPError as e:
+        return f"unreachable ({type(e).__name__})"
+    if r.status_code != 200:
+        return f"answered HTTP {r.status_code} to /models"
+    try:
+        ids = [m.get("id") for m in r.json().get("data", [])]
+    except (ValueError, AttributeError):
+        return "answered /models with something that is not an OpenAI model list"
+    if model in ids:
+        return f"ok, serves {model}"
+    return f"reachable, but does not list {model} (lists: {', '.join(map(str, ids[:5])) or 'nothing'})"
+
+
+def _student_shape(recipe: Recipe, student: Path | None, base: Path, plan: Plan) -> Shape | None:
+    """The student's shape from its local config.json, else from `train.student_config`."""
+    config_path = student / "config.json" if student is not None else None
+    if config_path is None and recipe.train.student_config:
+        config_path = data_path(recipe.train.student_config, base)
+        if not config_path.exists():
+            plan.errors.append(f"train.student_config: {config_path} not found")
+            return None
+    if config_path is None:
+        plan.todo.append(
+            "train.student: no local config.json (give train.student_config) — merge configs and memory "
+            "are not checked"
+        )
+        return None
+    try:
+        return shape_from_config(json.loads(config_path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        plan.errors.append(f"{config_path}: not a model config transformers can build ({e})")
+        return None
+
+
+def _check_merges(recipe: Recipe, student: Path | None, shape: Shape, plan: Plan) -> None:
+    """Each merge config as `merge --explain` sees it. Every recipe model shares the student's tensors, so a
+    local student stands in for all of them (symlinks named after the models, so warnings name them)."""
+    from branchmerge.merge.config import validate_merge_config
+    from branchmerge.merge.explain import explain_merge, rule_warnings
+    from branchmerge.recipe.runner import resolve_merge
+
+    names = [*model_names(recipe), *recipe.merges]
+    with tempfile.TemporaryDirectory() as tmp:
+        if student is not None:
+            for n in names:  # a folder per model (merge configs refuse one folder twice), files linked
+                (Path(tmp) / n).mkdir()
+                for f in student.resolve().iterdir():
+                    (Path(tmp) / n / f.name).symlink_to(f)
+        models = {n: (Path(tmp) / n, n) for n in names}
+        for name, cfg in recipe.merges.items():
+            try:
+                resolved = resolve_merge(cfg, models)
+                if student is not None:
+                    warnings = [w for step in explain_merge(resolved) for w in step.warnings]
+                else:
+                    warnings = rule_warnings(validate_merge_config(resolved), list(shape.tensor_names))
+            except (BranchmergeError, KeyError) as e:
+                plan.errors.append(f"merges.{name}: {str(e).replace(tmp + '/', '')}")
+                continue
+            plan.warnings += [f"merges.{name}: {w.replace(tmp + '/', '')}" for w in warnings]
+
+
+def _check_machine(recipe: Recipe, plan: Plan) -> None:
+    from branchmerge.train.sft_methods import check_available
+
+    settings = {recipe.train.settings.method: recipe.train.settings}
+    for stage in recipe.train.curriculum or []:
+        s = recipe.train.settings.model_copy(update=stage.settings)
+        settings.setdefault(s.method, s)
+    for s in settings.values():
+        try:
+            check_available(s)
+        except BranchmergeError as e:
+            plan.warnings.append(f"this machine cannot run train.settings as written: {e}")
+
+
+def _train_problems(recipe: Recipe, out: Path, base: Path, plan: Plan) -> list[Problem] | None:
+    """The training problems: from the cached problems stage, else made in a temp folder (cheap: no model)."""
+    from branchmerge.recipe.data_stages import problems_stage
+
+    try:
+        key = keys.problems_key(recipe, base)
+    except OSError:
+        return None
+    done = out / "stages" / f"problems-{key}" / "train.jsonl"
+    if done.exists():
+        problems = read_jsonl(done, Problem)
+    else:
+        if any(not data_path(f.path, base).exists() for f in recipe.problems.files):
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                problems_stage(recipe.problems, base, Path(tmp))
+            except BranchmergeError as e:
+                plan.errors.append(str(e))
+                return None
+            problems = read_jsonl(Path(tmp) / "train.jsonl", Problem)
+    for p in problems:
+        plan.problems[p.domain] = plan.problems.get(p.domain, 0) + 1
+    return problems
+
+
+def _eval_problems(recipe: Recipe, out: Path, base: Path, plan: Plan) -> dict[str, list[Problem] | None]:
+    from branchmerge.recipe.data_stages import eval_set_stage, problems_stage
+
+    found: dict[str, list[Problem] | None] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        heldout = Path(tmp) / "heldout"
+        heldout.mkdir()
+        if recipe.problems.source == "tinylab":
+            problems_stage(recipe.problems, base, heldout)
+        for i, s in enumerate(recipe.eval.sets):
+            label = s.label or s.name
+            if s.path and not data_path(s.path, base).exists():
+                found[label] = None
+                continue
+            work = Path(tmp) / f"set{i}"
+            work.mkdir()
+            try:
+                eval_set_stage(s, heldout / "eval.jsonl", base, work)
+            except BranchmergeError as e:
+                plan.errors.append(f"eval.sets[{i}]: {e}")
+                found[label] = None
+                continue
+            found[label] = read_jsonl(work / "problems.jsonl", Problem)
+            plan.eval_items[label] = len(found[label] or [])
+    return found
+
+
+def _stages(
+    recipe: Recipe, out: Path, base: Path, paths: dict[str, Path]
+) -> tuple[list[PlannedStage], str | None]:
+    """Every stage in run order, and whether the stage cache under `out` already holds it."""
+    root = out / "stages"
+
+    def done(name: str, key: str | None) -> bool | None:
+        return None if key is None else (root / f"{name}-{key}" / "stage.json").exists()
+
+    stages: list[PlannedStage] = []
+    p_key = keys.problems_key(recipe, base) if _files_present(recipe, base) else None
+    stages.append(PlannedStage("problems", done("problems", p_key)))
+    g_keys: list[str | None] = []
+    for t in recipe.teachers:
+        ckpt = paths.get(f"teacher:{t.name}")
+        local_missing = t.checkpoint is not None and ckpt is None
+        g = None if p_key is None or local_missing else keys.generate_key(recipe, t, p_key, ckpt)
+        g_keys.append(g)
+        stages.append(PlannedStage(f"generate.{t.name}", done(f"generate.{t.name}", g)))
+    student = paths.get(STUDENT)
+    v_key = s_key = None
+    if p_key and student and None not in g_keys:
+        judge = None
+        if recipe.process.judge is not None:
+            jt = next(t for t in recipe.teachers if t.name == recipe.process.judge)
+            judge = (jt, paths.get(f"teacher:{jt.name}"))
+        v_key = keys.process_key(recipe, p_key, [g for g in g_keys if g], judge, student)
+        from branchmerge.recipe.cache import fingerprint
+
+        s_key = fingerprint("build-sft", v_key, dir_fingerprint(student), recipe.build_sft.model_dump())
+    stages.append(
+        PlannedStage("process", done("process", v_key), f"steps: {', '.join(recipe.process.steps)}")
+    )
+    stages.append(PlannedStage("build-sft", done("build-sft", s_key)))
+    trained = model_names(recipe)[1:]
+    for name in trained:
+        stage = f"grpo.{name}" if recipe.grpo is not None and name == recipe.grpo.name else f"train.{name}"
+        if stage.startswith("grpo") and recipe.reward_models is not None:
+            stages.append(
+                PlannedStage("reward-models", _cached_prefix(root, "reward-models") if v_key else None)
+            )
+        stages.append(PlannedStage(stage, _cached_prefix(root, stage) if s_key else None))
+    if recipe.reward_models is not None and recipe.grpo is None:
+        stages.append(PlannedStage("reward-models", _cached_prefix(root, "reward-models") if v_key else None))
+    for name in recipe.merges:
+        stages.append(PlannedStage(f"merge.{name}", _cached_prefix(root, f"merge.{name}") if s_key else None))
+    evaluated = recipe.eval.models or [*model_names(recipe), *recipe.merges]
+    for s in recipe.eval.sets:
+        label = s.label or s.name
+        n = recipe.eval.sampling(s)["n"]
+        stages.append(PlannedStage(f"eval-set.{label}", None, f"{n} sample(s) per item"))
+        for m in evaluated:
+            stages.append(PlannedStage(keys.eval_stage_name(m, label, recipe.eval), None))
+    return stages, s_key
+
+
+def _cached_prefix(root: Path, name: str) -> bool | None:
+    """A downstream stage: cached when some finished folder of that name exists (its key needs trained models'
+    keys, which only a run computes); None when none does."""
+    return True if any(root.glob(f"{name}-*/stage.json")) else None
+
+
+def _files_present(recipe: Recipe, base: Path) -> bool:
+    return all(data_path(f.path, base).exists() for f in recipe.problems.files)
+
+
+def summary(plan: Plan) -> dict[str, Any]:
+    """The plan as plain data (what `run --dry-run --json` prints)."""
+    from dataclasses import asdict
+
+    return asdict(plan)

@@ -1,0 +1,198 @@
+"""What a recipe names, resolved and checked before anything runs: checkpoints, model names, merge references,
+judges and data files. `run` raises every problem at once; `run --dry-run` reports them in its plan."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from branchmerge.errors import BranchmergeError
+from branchmerge.recipe.schema import Recipe
+from branchmerge.records import SFTExample
+from branchmerge.teachers.local import check_model_dir
+from branchmerge.train.branches import MIXTURE, BranchPlan, expert_name, plan_branches
+
+STUDENT = "student"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(ref: str, base_dir: Path) -> bool:
+    """`Org/Name` that is not a local folder: a Hugging Face Hub model id."""
+    return bool(_HUB_ID.match(ref)) and not (base_dir / ref).exists() and not Path(ref).exists()
+
+
+def resolve_checkpoint(ref: str, base_dir: Path, field_name: str, *, download: bool = True) -> Path:
+    """`tinylab:teacher` / `tinylab:student` name the shipped weights; `Org/Name` is a Hub id (downloaded into the
+    Hub cache when `download`, else only found there); anything else is a folder path."""
+    if ref.startswith("tinylab:"):
+        from branchmerge.tinylab import weights
+
+        which = ref.split(":", 1)[1]
+        if which == "teacher":
+            return weights.teacher_dir()
+        if which == "student":
+            return weights.student_dir()
+        raise BranchmergeError(
+            f"{field_name}: '{ref}' is not a shipped model (known: tinylab:teacher, tinylab:student)"
+        )
+    if is_hub_id(ref, base_dir):
+        return _from_hub(ref, field_name, download)
+    path = Path(ref).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    try:
+        return check_model_dir(path)
+    except BranchmergeError as e:
+        raise BranchmergeError(f"{field_name}: {e}") from None
+
+
+def _from_hub(ref: str, field_name: str, download: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
+    try:
+        return Path(snapshot_download(ref, allow_patterns=patterns, local_files_only=not download))
+    except Exception as e:  # offline, unknown repo, gated: one line naming the field
+        how = "could not be downloaded" if download else "is not in the local Hub cache"
+        raise BranchmergeError(f"{field_name}: the Hub model '{ref}' {how} ({type(e).__name__})") from None
+
+
+def expert_groups(recipe: Recipe) -> list[str]:
+    """What the recipe splits the student into: its domains, or its teachers' names."""
+    if recipe.train.experts == "teacher":
+        return [t.name for t in recipe.teachers]
+    return recipe.problems.train_domains
+
+
+def model_names(recipe: Recipe) -> list[str]:
+    """The student, its trained branches and the GRPO model: every model that is not a merge."""
+    names = [STUDENT] + [expert_name(g) for g in expert_groups(recipe)]
+    if recipe.train.mixture:
+        names.append(MIXTURE)
+    if recipe.grpo is not None:
+        names.append(recipe.grpo.name)
+    return names
+
+
+def branch_plans(recipe: Recipe, examples: list[SFTExample]) -> list[BranchPlan]:
+    """The experts and the mixture of `model_names`, from the built SFT set (errors before any training)."""
+    t = recipe.train
+    return plan_branches(
+        examples,
+        t.experts,
+        t.mixture,
+        t.mixture_budget,
+        t.settings,
+        groups=expert_groups(recipe),
+        curriculum=t.curriculum,
+    )
+
+
+def merge_refs(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, name) of every model a merge config names."""
+    refs = []
+    if "base_model" in config:
+        refs.append(("base_model", str(config["base_model"])))
+    for i, m in enumerate(config.get("models", []) or []):
+        name = m.get("model") if isinstance(m, dict) else m
+        refs.append((f"models[{i}].model", str(name)))
+    if isinstance(config.get("tokenizer_source"), str) and config["tokenizer_source"] not in (
+        "base",
+        "union",
+    ):
+        refs.append(("tokenizer_source", config["tokenizer_source"]))
+    return refs
+
+
+@dataclass
+class Checked:
+    paths: dict[str, Path] = field(default_factory=dict)  # "student", "teacher:<name>"
+    errors: list[str] = field(default_factory=list)
+    hub: dict[str, str] = field(default_factory=dict)  # key of `paths` → Hub id not found locally (dry run)
+
+
+def check_recipe(recipe: Recipe, base_dir: Path, *, download: bool = True) -> Checked:
+    """Every check that needs no heavy work; problems are collected, not raised."""
+    out = Checked()
+
+    def resolve(key: str, ref: str, where: str) -> None:
+        try:
+            out.paths[key] = resolve_checkpoint(ref, base_dir, where, download=download)
+        except BranchmergeError as e:
+            if not download and is_hub_id(ref, base_dir):
+                out.hub[key] = ref
+            else:
+                out.errors.append(str(e))
+
+    for i, t in enumerate(recipe.teachers):
+        if t.checkpoint is not None:
+            resolve(f"teacher:{t.name}", t.checkpoint, f"teachers[{i}].checkpoint")
+    resolve(STUDENT, recipe.train.student, "train.student")
+    out.errors += _name_errors(recipe)
+    out.errors += _file_errors(recipe, base_dir)
+    return out
+
+
+def _name_errors(recipe: Recipe) -> list[str]:
+    from branchmerge.merge import METHODS
+
+    errors = []
+    known = set(model_names(recipe))
+    if recipe.grpo is not None and recipe.grpo.start not in known - {recipe.grpo.name}:
+        errors.append(
+            f"grpo.start: '{recipe.grpo.start}' is not a trained model of this recipe "
+            f"({', '.join(sorted(known - {recipe.grpo.name}))})"
+        )
+    for name, cfg in recipe.merges.items():
+        where = f"merges.{name}"
+        if name in known:
+            errors.append(f"{where}: the name '{name}' is already a model name; pick another")
+        method = cfg.get("merge_method")
+        if method not in METHODS:
+            errors.append(
+                f"{where}.merge_method: '{method}' is not a merge method (known: {', '.join(METHODS)})"
+            )
+        for field_name, ref in merge_refs(cfg):
+            if ref not in known:
+                errors.append(
+                    f"{where}.{field_name}: '{ref}' is not a model of this recipe or an earlier merge "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+        known.add(name)
+    if recipe.eval.baseline not in known:
+        errors.append(f"eval.baseline: '{recipe.eval.baseline}' is not a model of this recipe")
+    for m in recipe.eval.models or []:
+        if m not in known:
+            errors.append(f"eval.models: '{m}' is not a model of this recipe ({', '.join(sorted(known))})")
+    if recipe.eval.models is not None and recipe.eval.baseline not in recipe.eval.models:
+        errors.append(f"eval.models: the baseline '{recipe.eval.baseline}' must be evaluated too")
+    labels = [s.label or s.name for s in recipe.eval.sets]
+    if len(set(labels)) != len(labels):
+        errors.append(f"eval.sets: two sets share a label ({labels}); give each a `label`")
+    if any(s.name == "heldout" for s in recipe.eval.sets) and recipe.problems.source != "tinylab":
+        errors.append("eval.sets: 'heldout' needs tinylab problems (other sources have no held-out split)")
+    return errors
+
+
+def _file_errors(recipe: Recipe, base_dir: Path) -> list[str]:
+    errors = []
+    files = [(f"problems.files[{i}].path", f.path) for i, f in enumerate(recipe.problems.files)]
+    files += [(f"eval.sets[{i}].path", s.path) for i, s in enumerate(recipe.eval.sets) if s.path]
+    for where, p in files:
+        if not data_path(p, base_dir).exists():
+            errors.append(f"{where}: {data_path(p, base_dir)} not found")
+    return errors
+
+
+def data_path(ref: str, base_dir: Path) -> Path:
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def preflight(recipe: Recipe, base_dir: Path) -> dict[str, Path]:
+    """`check_recipe`, raising every problem at once; returns the resolved checkpoints."""
+    checked = check_recipe(recipe, base_dir)
+    if checked.errors:
+        raise BranchmergeError("\n".join(checked.errors))
+    return checked.paths
