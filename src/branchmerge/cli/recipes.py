@@ -69,7 +69,7 @@ def run(
             "--dry-run",
             help="Check everything that can be checked without running and print the plan: stages (cached or "
             "not), teacher and judge requests, tokens and cost, training tokens and GPU memory per stage. "
-            "Exits 1 only on errors; missing inputs and unreachable endpoints are listed.",
+            "Fails (exit 2) only on errors; missing inputs and unreachable endpoints are listed.",
         ),
     ] = False,
     no_probe: Annotated[

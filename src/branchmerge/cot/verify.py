@@ -6,6 +6,7 @@ set), best-of-n (the shortest verified trace of each (problem, teacher): of n sa
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -124,7 +125,14 @@ def run(
     traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
 ) -> StepResult:
     policy = options.verify.policy
-    marked, report = verify_traces(traces, problems, keep_all=True)
+    with contextlib.ExitStack() as stack:
+        if (
+            ctx.judge is not None
+        ):  # judge-graded problems (mdr scenario / ethics) are graded by the step's judge
+            from branchmerge.graders.judge import judging
+
+            stack.enter_context(judging(ctx.judge, ctx.cache, options.judging))
+        marked, report = verify_traces(traces, problems, keep_all=True)
     result = StepResult(kept=marked, note=f"policy {policy}", table=report.rows())
     reasons = Counter[str]()
     for c in report.table.values():

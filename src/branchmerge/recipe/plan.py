@@ -244,7 +244,7 @@ def _stages(
     p_key = keys.problems_key(recipe, base) if _files_present(recipe, base) else None
     stages.append(PlannedStage("problems", done("problems", p_key)))
     g_keys: list[str | None] = []
-    for t in recipe.teachers:
+    for t in (t for t in recipe.teachers if t.generates):
         ckpt = paths.get(f"teacher:{t.name}")
         local_missing = t.checkpoint is not None and ckpt is None
         g = None if p_key is None or local_missing else keys.generate_key(recipe, t, p_key, ckpt)

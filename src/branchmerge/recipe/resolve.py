@@ -61,7 +61,9 @@ def _from_hub(ref: str, field_name: str, download: bool) -> Path:
 def expert_groups(recipe: Recipe) -> list[str]:
     """What the recipe splits the student into: its domains, or its teachers' names."""
     if recipe.train.experts == "teacher":
-        return [t.name for t in recipe.teachers]
+        return [t.name for t in recipe.teachers if t.generates]
+    if recipe.train.experts == "none":
+        return []
     return recipe.problems.train_domains
 
 

@@ -88,7 +88,7 @@ def run_recipe(
     train_problems = read_jsonl(po.path / "train.jsonl", Problem)
 
     trace_files, g_keys = [], []
-    for t in recipe.teachers:
+    for t in (t for t in recipe.teachers if t.generates):
         ckpt = paths.get(f"teacher:{t.name}")
         g_key = generate_key(recipe, t, p_key, ckpt)
         go = stage(
@@ -210,7 +210,7 @@ def run_recipe(
         stage_times=rows,
         notes=_notes(recipe, result.accuracy, result.stages),
         title=f"{recipe.name}: results",
-        merges={name: _parents(cfg) for name, cfg in recipe.merges.items()},
+        merges=merge_parents(recipe, {s.model for s in samples}),
         problems=eval_problems,
         max_k=e_spec.max_k,
     )
@@ -239,10 +239,21 @@ def _judge(
     return t, paths.get(f"teacher:{t.name}")
 
 
-def _parents(cfg: dict[str, Any]) -> list[str]:
-    """The models a merge config combines, for the report's merge-synergy table (does the merge beat every one of
-    them?). A TIES/DARE base that is not among `models` is the origin of the task vectors, not a parent."""
-    return list(dict.fromkeys(str(m["model"]) for m in cfg.get("models", [])))
+def merge_parents(recipe: Recipe, evaluated: set[str]) -> dict[str, list[str]]:
+    """For the report's merge-synergy table: each evaluated merge and the evaluated models it combines (does the
+    merge beat every one of them?). A TIES/DARE base that is not among `models` is the origin of the task
+    vectors, not a parent; an intermediate merge that was not evaluated stands for its own parents, so
+    (A & B) & C is compared with A, B and C."""
+
+    def parents(name: str) -> list[str]:
+        out: list[str] = []
+        for entry in recipe.merges[name].get("models", []) or []:
+            m = str(entry["model"] if isinstance(entry, dict) else entry)
+            out += parents(m) if m in recipe.merges and m not in evaluated else [m]
+        return list(dict.fromkeys(p for p in out if p in evaluated))
+
+    found = {name: parents(name) for name in recipe.merges if name in evaluated}
+    return {name: ps for name, ps in found.items() if ps}
 
 
 def resolve_merge(cfg: dict[str, Any], models: dict[str, tuple[Path, str]]) -> dict[str, Any]:

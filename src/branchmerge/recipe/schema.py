@@ -29,6 +29,7 @@ class TeacherSpec(_Spec):
     """A teacher: a local checkpoint that the run serves on 127.0.0.1, or an OpenAI-compatible endpoint."""
 
     name: str
+    generates: bool = True  # False: only a judge (process.judge / eval.judge), no traces of its own
     checkpoint: str | None = None
     base_url: str | list[str] | None = None  # one endpoint, or several servers of the same model (a pool)
     model: str | None = None
@@ -142,6 +143,10 @@ class Recipe(_Spec):
         for where, judge in (("process.judge", self.process.judge), ("eval.judge", self.eval.judge)):
             if judge is not None and judge not in names:
                 raise ValueError(f"{where}: '{judge}' is not a teacher of this recipe ({names})")
+        if not any(t.generates for t in self.teachers):
+            raise ValueError("teachers: no teacher generates traces (every one has generates: false)")
+        if self.train.experts == "none" and not self.train.mixture:
+            raise ValueError("train: experts: none trains the mixture alone; it needs mixture: true")
         if self.train.experts == "domain" and not self.problems.train_domains:
             raise ValueError(
                 "problems.domains: domain experts need the domains named (or a `domain` on every file)"

@@ -24,7 +24,7 @@ from branchmerge.train.sft_data import build_sft_examples
 @contextlib.contextmanager
 def teacher_endpoint(teacher: TeacherSpec, checkpoint: Path | None) -> Iterator[TeacherConfig]:
     """The teacher as a client config; a local checkpoint is served on 127.0.0.1 while the block runs."""
-    passed = teacher.model_dump(exclude={"name", "checkpoint", "base_url", "model"})
+    passed = teacher.model_dump(exclude={"name", "generates", "checkpoint", "base_url", "model"})
     if checkpoint is not None:
         with running_server(checkpoint) as url:
             yield TeacherConfig(

@@ -35,7 +35,7 @@ from branchmerge.train.curriculum import (
 )
 from branchmerge.train.sft import SFTSettings, TrainResult, train_sft
 
-SplitBy = Literal["domain", "teacher"]
+SplitBy = Literal["domain", "teacher", "none"]  # none: no experts, the mixture alone
 Budget = Literal["sum", "same"]
 MIXTURE = "mixture"
 _REWRITE_SUFFIX = "+rw"
@@ -92,12 +92,19 @@ def plan_branches(
     Every branch (and every curriculum stage of it) must have examples; all problems are reported at once.
     """
     s = settings or SFTSettings()
-    if by not in ("domain", "teacher"):
-        raise BranchmergeError(f"experts by '{by}': not an expert split (known: domain, teacher)")
+    if by not in ("domain", "teacher", "none"):
+        raise BranchmergeError(f"experts by '{by}': not an expert split (known: domain, teacher, none)")
     if budget not in ("sum", "same"):
         raise BranchmergeError(f"mixture budget '{budget}': not a budget (known: sum, same)")
     if not examples:
         raise BranchmergeError("branches: no SFT examples to train on")
+    if by == "none":  # one model on everything: the mixture, with its curriculum
+        if not mixture:
+            raise BranchmergeError("branches: no experts and no mixture leaves nothing to train")
+        errors = empty_stage_errors(list(examples), curriculum, MIXTURE) if curriculum else []
+        if errors:
+            raise BranchmergeError("\n".join(errors))
+        return [BranchPlan(MIXTURE, {}, s, _resolved(examples, curriculum, s) if curriculum else None)]
     found: dict[str, set[str]] = {}
     for e in examples:
         found.setdefault(group_of(e, by), set()).add(getattr(e, by))
