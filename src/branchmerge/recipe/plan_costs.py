@@ -95,9 +95,7 @@ def estimate_teachers(
         jmax = p.judging.max_tokens
         if "difficulty" in p.steps and p.difficulty.method == "judge":
             loads.append(_load(judge, "judge: difficulty", n_problems, q_tokens, jmax, None))
-        with_trace = (
-            None if traces is None or q_tokens is None else q_tokens * per_problem * len(generating)
-        )
+        with_trace = None if traces is None or q_tokens is None else q_tokens * per_problem * len(generating)
         with_trace = None if with_trace is None or traces is None else with_trace + traces * trace_len
         if "rv_cd" in p.steps:
             loads.append(
@@ -136,7 +134,11 @@ def _example_bound(
     g = recipe.generate
     if group is not None and recipe.train.experts == "domain":
         problems = [p for p in problems if p.domain == group]
-    teachers = 1 if group is not None and recipe.train.experts == "teacher" else sum(t.generates for t in recipe.teachers)
+    teachers = (
+        1
+        if group is not None and recipe.train.experts == "teacher"
+        else sum(t.generates for t in recipe.teachers)
+    )
     n = len(problems) * g.n * len(g.temperatures) * teachers
     if not problems:
         return n, 0.0
@@ -180,7 +182,9 @@ def estimate_training(
     else:
         groups: list[tuple[str, str | None]] = [(expert_name(g), g) for g in expert_groups(recipe)]
         for name, group in [*groups, *([(MIXTURE, None)] if t.mixture else [])]:
-            steps = _steps(recipe, len(groups) if group is None and t.mixture_budget == "sum" and groups else 1)
+            steps = _steps(
+                recipe, len(groups) if group is None and t.mixture_budget == "sum" and groups else 1
+            )
             bound = _example_bound(recipe, problems, group, counter[0])
             row: float | None = s.max_length if s.packing else None if bound is None else bound[1]
             tokens = None if row is None else int(steps * s.batch_size * row)

@@ -101,9 +101,9 @@ def plan_branches(
     if by == "none":  # one model on everything: the mixture, with its curriculum
         if not mixture:
             raise BranchmergeError("branches: no experts and no mixture leaves nothing to train")
-        errors = empty_stage_errors(list(examples), curriculum, MIXTURE) if curriculum else []
-        if errors:
-            raise BranchmergeError("\n".join(errors))
+        empty = empty_stage_errors(list(examples), curriculum, MIXTURE) if curriculum else []
+        if empty:
+            raise BranchmergeError("\n".join(empty))
         return [BranchPlan(MIXTURE, {}, s, _resolved(examples, curriculum, s) if curriculum else None)]
     found: dict[str, set[str]] = {}
     for e in examples:
