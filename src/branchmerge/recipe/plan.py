@@ -75,7 +75,7 @@ def plan_recipe(
             for url in [t.base_url] if isinstance(t.base_url, str) else t.base_url:
                 status = _probe(url, t.model, t.api_key_env) if probe else "not probed"
                 plan.endpoints.append((t.name, url, status))
-                if not status.startswith("ok"):
+                if probe and not status.startswith("ok"):
                     plan.todo.append(f"teacher {t.name}: {url} {status}")
 
     student = checked.paths.get(STUDENT)

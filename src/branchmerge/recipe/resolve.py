@@ -111,7 +111,7 @@ def merge_refs(config: dict[str, Any]) -> list[tuple[str, str]]:
 class Checked:
     paths: dict[str, Path] = field(default_factory=dict)  # "student", "teacher:<name>"
     errors: list[str] = field(default_factory=list)
-    hub: dict[str, str] = field(default_factory=dict)  # key of `paths` → Hub id not found locally (dry run)
+    hub: dict[str, str] = field(default_factory=dict)  # field → Hub id not in the local cache (dry run)
 
 
 def check_recipe(recipe: Recipe, base_dir: Path, *, download: bool = True) -> Checked:
@@ -123,7 +123,7 @@ def check_recipe(recipe: Recipe, base_dir: Path, *, download: bool = True) -> Ch
             out.paths[key] = resolve_checkpoint(ref, base_dir, where, download=download)
         except BranchmergeError as e:
             if not download and is_hub_id(ref, base_dir):
-                out.hub[key] = ref
+                out.hub[where] = ref
             else:
                 out.errors.append(str(e))
 
