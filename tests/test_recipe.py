@@ -105,7 +105,7 @@ def test_fingerprints(tmp_path):
 
 def test_teacher_pool_limits_and_prices_reach_the_client_config():
     from branchmerge.recipe.schema import TeacherSpec
-    from branchmerge.teachers.client import TeacherConfig
+    from branchmerge.recipe.stages import teacher_endpoint
 
     spec = TeacherSpec(
         name="kimi",
@@ -117,8 +117,8 @@ def test_teacher_pool_limits_and_prices_reach_the_client_config():
         price_completion=2.5,
         extra_body={"reasoning_effort": "high"},
     )
-    passed = spec.model_dump(exclude={"name", "checkpoint", "base_url", "model"})
-    cfg = TeacherConfig(name=spec.name, base_url=spec.base_url, model=spec.model, **passed)
+    with teacher_endpoint(spec, None) as cfg:  # what the run hands the client
+        pass
     assert cfg.urls == ["http://a/v1", "http://b/v1"] and cfg.requests_per_min == 500
     assert cfg.cost(1e6, 1e6) == pytest.approx(3.1) and cfg.extra_body == {"reasoning_effort": "high"}
     with pytest.raises(ValueError, match="requests_per_min"):
@@ -206,7 +206,7 @@ def test_experts_and_curriculum_are_validated_by_field(tmp_path):
     with pytest.raises(BranchmergeError) as e:
         load_recipe(_write(tmp_path, data))
     msg = str(e.value)
-    assert "train.experts: 'model' is not an expert split (known: domain, teacher)" in msg
+    assert "train.experts: 'model' is not an expert split (known: domain, teacher, none)" in msg
     assert "train.mixture_budget: 'double' is not a mixture budget (known: sum, same)" in msg
     assert "train.curriculum[0].where: ['level'] not a field of an SFT example" in msg
     assert "train.curriculum[1]: give 'epochs' or 'max_steps', not both" in msg
