@@ -256,6 +256,18 @@ def test_tiny_branch_merge_arcee_fusion_runs_end_to_end(tmp_path):
     assert len({m for _, m in per_set}) == 7
     counts = {d: sum(s.domain == d for s in samples) for d in ("aime2024", "gpqa-diamond", "livecodebench")}
     assert counts == {"aime2024": 7 * 3 * 2, "gpqa-diamond": 7 * 3 * 2, "livecodebench": 7 * 2 * 2}
+    # after the run, the plan sees the cache and counts the SFT set it built instead of bounds
+    plan = plan_recipe(load_recipe(tmp_path / "recipe.yaml"), tmp_path / "out", tmp_path, probe=False)
+    cached = {st.name: st.cached for st in plan.stages}
+    assert all(
+        cached[n] for n in ("problems", "generate.deepseek-r1", "process", "build-sft", "merge.tinyr1")
+    )
+    built = {
+        o.name.removeprefix("train."): o.summary["examples"]
+        for o in result.stages
+        if o.name.startswith("train.")
+    }
+    assert {t.name: t.examples for t in plan.training} == {k: str(v) for k, v in built.items()}
 
 
 def _scripted_judge(call: int, body: dict[str, Any]):

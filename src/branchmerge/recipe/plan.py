@@ -61,9 +61,8 @@ def plan_recipe(
     out, base = Path(out_dir), Path(base_dir)
     plan = Plan(recipe.name)
     checked = check_recipe(recipe, base, download=False)
-    missing = [e for e in checked.errors if e.endswith(" not found") and (".path:" in e)]
-    plan.errors = [e for e in checked.errors if e not in missing]
-    plan.todo += missing
+    plan.errors = list(checked.errors)
+    plan.todo += checked.missing
     plan.todo += [
         f"{where}: the Hub model '{ref}' is not in the local cache; the run downloads it"
         for where, ref in checked.hub.items()

@@ -111,6 +111,7 @@ def merge_refs(config: dict[str, Any]) -> list[tuple[str, str]]:
 class Checked:
     paths: dict[str, Path] = field(default_factory=dict)  # "student", "teacher:<name>"
     errors: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # data files not (yet) there
     hub: dict[str, str] = field(default_factory=dict)  # field → Hub id not in the local cache (dry run)
 
 
@@ -132,7 +133,7 @@ def check_recipe(recipe: Recipe, base_dir: Path, *, download: bool = True) -> Ch
             resolve(f"teacher:{t.name}", t.checkpoint, f"teachers[{i}].checkpoint")
     resolve(STUDENT, recipe.train.student, "train.student")
     out.errors += _name_errors(recipe)
-    out.errors += _file_errors(recipe, base_dir)
+    out.missing += _missing_files(recipe, base_dir)
     return out
 
 
@@ -177,7 +178,7 @@ def _name_errors(recipe: Recipe) -> list[str]:
     return errors
 
 
-def _file_errors(recipe: Recipe, base_dir: Path) -> list[str]:
+def _missing_files(recipe: Recipe, base_dir: Path) -> list[str]:
     errors = []
     files = [(f"problems.files[{i}].path", f.path) for i, f in enumerate(recipe.problems.files)]
     files += [(f"eval.sets[{i}].path", s.path) for i, s in enumerate(recipe.eval.sets) if s.path]
@@ -195,6 +196,6 @@ def data_path(ref: str, base_dir: Path) -> Path:
 def preflight(recipe: Recipe, base_dir: Path) -> dict[str, Path]:
     """`check_recipe`, raising every problem at once; returns the resolved checkpoints."""
     checked = check_recipe(recipe, base_dir)
-    if checked.errors:
-        raise BranchmergeError("\n".join(checked.errors))
+    if checked.errors or checked.missing:
+        raise BranchmergeError("\n".join(checked.errors + checked.missing))
     return checked.paths
