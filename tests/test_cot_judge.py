@@ -324,3 +324,40 @@ def test_slow_thinking_preset_chains_verify_to_rewrite(judge, tmp_path: Path) ->
         ("p2", "t+rw", "hard"),
         ("p3", "t", None),
     ]
+
+
+def test_verify_grades_judged_problems_with_the_steps_judge(tmp_path: Path) -> None:
+    """mdr scenario / ethics problems are graded by a judge: the verify step uses the process judge for them.
+    Before, the step configured no judge, so it failed on such problems even when the process had one."""
+    from branchmerge.graders.judge import judge_spec
+
+    spec = judge_spec("Should the plan go ahead?", "Pass when the answer weighs both risks.", "ethics-1", 5)
+    problems = {
+        "e1": Problem(
+            id="e1",
+            domain="ethics",
+            question="Should the plan go ahead?",
+            reference="both risks",
+            grader=spec,
+        )
+    }
+    traces = [
+        Trace(problem_id="e1", teacher="t", model="m", sample=i, temperature=0.6, reasoning="r", answer=a)
+        for i, a in enumerate(["weighs both risks: good", "just do it"])
+    ]
+
+    def answer(_: int, body: dict[str, Any]) -> JSONResponse:
+        good = "good" in body["messages"][-1]["content"]
+        return ok(body, {"role": "assistant", "content": f"<score>{8 if good else 2}</score>"})
+
+    fake, calls = fake_openai(answer)
+    opts = ProcessOptions()
+    with running_app(fake) as root:
+        cfg = TeacherConfig(name="judge", base_url=f"{root}/v1", model="j", max_retries=0)
+        ctx = StepContext(tmp_path, "with", judge=cfg, show_progress=False)
+        counts = process_traces(["verify"], traces, problems, opts, tmp_path / "with.jsonl", ctx)
+    assert [t.answer for t in read_jsonl(tmp_path / "with.jsonl", Trace)] == ["weighs both risks: good"]
+    assert counts[-1].removed == {"wrong": 1} and len(calls) == 2
+    alone = StepContext(tmp_path, "without", show_progress=False)
+    with pytest.raises(BranchmergeError, match="no judge is configured"):
+        process_traces(["verify"], traces, problems, opts, tmp_path / "without.jsonl", alone)
