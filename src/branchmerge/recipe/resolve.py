@@ -55,7 +55,9 @@ def _from_hub(ref: str, field_name: str, download: bool) -> Path:
         return Path(snapshot_download(ref, allow_patterns=patterns, local_files_only=not download))
     except Exception as e:  # offline, unknown repo, gated: one line naming the field
         how = "could not be downloaded" if download else "is not in the local Hub cache"
-        raise BranchmergeError(f"{field_name}: the Hub model '{ref}' {how} ({type(e).__name__})") from None
+        raise BranchmergeError(
+            f"{field_name}: '{ref}' is not a local folder, and as a Hub model id it {how} ({type(e).__name__})"
+        ) from None
 
 
 def expert_groups(recipe: Recipe) -> list[str]:
