@@ -174,7 +174,7 @@ def _check_machine(recipe: Recipe, plan: Plan) -> None:
         try:
             check_available(s)
         except BranchmergeError as e:
-            plan.warnings.append(f"this machine cannot run train.settings as written: {e}")
+            plan.warnings.append(f"train.settings: {e}")
 
 
 def _train_problems(recipe: Recipe, out: Path, base: Path, plan: Plan) -> list[Problem] | None:
