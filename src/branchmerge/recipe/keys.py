@@ -80,3 +80,7 @@ def eval_key(
 def eval_stage_name(model: str, label: str, e: EvalSpec) -> str:
     """`eval.<model>` when the recipe evaluates on one set, else `eval.<model>.<set>`."""
     return f"eval.{model}" if len(e.sets) == 1 else f"eval.{model}.{label}"
+
+
+def build_sft_key(v_key: str, student_fp: str, recipe: Recipe) -> str:
+    return fingerprint("build-sft", v_key, student_fp, recipe.build_sft.model_dump())

@@ -14,7 +14,6 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.recipe import keys
@@ -26,9 +25,17 @@ from branchmerge.recipe.plan_costs import (
     estimate_training,
     prompt_counter,
 )
-from branchmerge.recipe.resolve import STUDENT, check_recipe, data_path, model_names
+from branchmerge.recipe.resolve import (
+    STUDENT,
+    check_recipe,
+    data_path,
+    evaluated_models,
+    expert_and_mixture_names,
+    judge_of,
+    model_names,
+)
 from branchmerge.recipe.schema import Recipe
-from branchmerge.records import Problem, read_jsonl
+from branchmerge.records import Problem, read_jsonl, write_jsonl
 from branchmerge.train.memory import Shape, shape_from_config
 
 
@@ -83,11 +90,12 @@ def plan_recipe(
         _check_merges(recipe, student, shape, plan)
     _check_machine(recipe, plan)
 
-    problems = _train_problems(recipe, out, base, plan)
+    p_key = keys.problems_key(recipe, base) if _files_present(recipe, base) else None
+    problems, heldout = _problems(recipe, out, base, p_key, plan)
     counter = prompt_counter(student)
     plan.tokens_by = counter[1]
-    plan.teachers = estimate_teachers(recipe, problems, counter, _eval_problems(recipe, out, base, plan))
-    plan.stages, s_key = _stages(recipe, out, base, checked.paths)
+    plan.teachers = estimate_teachers(recipe, problems, counter, _eval_problems(recipe, base, heldout, plan))
+    plan.stages, s_key = _stages(recipe, out, p_key, checked.paths)
     sft = out / "stages" / f"build-sft-{s_key}" / "sft.jsonl" if s_key else None
     plan.training = estimate_training(recipe, problems, counter, shape, sft)
     return plan
@@ -177,41 +185,40 @@ def _check_machine(recipe: Recipe, plan: Plan) -> None:
             plan.warnings.append(f"train.settings: {e}")
 
 
-def _train_problems(recipe: Recipe, out: Path, base: Path, plan: Plan) -> list[Problem] | None:
-    """The training problems: from the cached problems stage, else made in a temp folder (cheap: no model)."""
+def _problems(
+    recipe: Recipe, out: Path, base: Path, p_key: str | None, plan: Plan
+) -> tuple[list[Problem] | None, list[Problem]]:
+    """The training problems and the held-out items: from the cached problems stage, else made once in a temp
+    folder (cheap: no model). (None, []) when data files are missing."""
     from branchmerge.recipe.data_stages import problems_stage
 
-    try:
-        key = keys.problems_key(recipe, base)
-    except OSError:
-        return None
-    done = out / "stages" / f"problems-{key}" / "train.jsonl"
-    if done.exists():
-        problems = read_jsonl(done, Problem)
-    else:
-        if any(not data_path(f.path, base).exists() for f in recipe.problems.files):
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
+    if p_key is None:
+        return None, []
+    done = out / "stages" / f"problems-{p_key}"
+    with tempfile.TemporaryDirectory() as tmp:
+        if not (done / "stage.json").exists():
+            done = Path(tmp)
             try:
-                problems_stage(recipe.problems, base, Path(tmp))
+                problems_stage(recipe.problems, base, done)
             except BranchmergeError as e:
                 plan.errors.append(str(e))
-                return None
-            problems = read_jsonl(Path(tmp) / "train.jsonl", Problem)
+                return None, []
+        problems = read_jsonl(done / "train.jsonl", Problem)
+        heldout = read_jsonl(done / "eval.jsonl", Problem)
     for p in problems:
         plan.problems[p.domain] = plan.problems.get(p.domain, 0) + 1
-    return problems
+    return problems, heldout
 
 
-def _eval_problems(recipe: Recipe, out: Path, base: Path, plan: Plan) -> dict[str, list[Problem] | None]:
-    from branchmerge.recipe.data_stages import eval_set_stage, problems_stage
+def _eval_problems(
+    recipe: Recipe, base: Path, heldout: list[Problem], plan: Plan
+) -> dict[str, list[Problem] | None]:
+    from branchmerge.recipe.data_stages import eval_set_stage
 
     found: dict[str, list[Problem] | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        heldout = Path(tmp) / "heldout"
-        heldout.mkdir()
-        if recipe.problems.source == "tinylab":
-            problems_stage(recipe.problems, base, heldout)
+        heldout_file = Path(tmp) / "heldout.jsonl"
+        write_jsonl(heldout_file, heldout)
         for i, s in enumerate(recipe.eval.sets):
             label = s.label or s.name
             if s.path and not data_path(s.path, base).exists():
@@ -220,7 +227,7 @@ def _eval_problems(recipe: Recipe, out: Path, base: Path, plan: Plan) -> dict[st
             work = Path(tmp) / f"set{i}"
             work.mkdir()
             try:
-                eval_set_stage(s, heldout / "eval.jsonl", base, work)
+                eval_set_stage(s, heldout_file, base, work)
             except BranchmergeError as e:
                 plan.errors.append(f"eval.sets[{i}]: {e}")
                 found[label] = None
@@ -231,7 +238,7 @@ def _eval_problems(recipe: Recipe, out: Path, base: Path, plan: Plan) -> dict[st
 
 
 def _stages(
-    recipe: Recipe, out: Path, base: Path, paths: dict[str, Path]
+    recipe: Recipe, out: Path, p_key: str | None, paths: dict[str, Path]
 ) -> tuple[list[PlannedStage], str | None]:
     """Every stage in run order, and whether the stage cache under `out` already holds it."""
     root = out / "stages"
@@ -240,7 +247,6 @@ def _stages(
         return None if key is None else (root / f"{name}-{key}" / "stage.json").exists()
 
     stages: list[PlannedStage] = []
-    p_key = keys.problems_key(recipe, base) if _files_present(recipe, base) else None
     stages.append(PlannedStage("problems", done("problems", p_key)))
     g_keys: list[str | None] = []
     for t in (t for t in recipe.teachers if t.generates):
@@ -252,31 +258,24 @@ def _stages(
     student = paths.get(STUDENT)
     v_key = s_key = None
     if p_key and student and None not in g_keys:
-        judge = None
-        if recipe.process.judge is not None:
-            jt = next(t for t in recipe.teachers if t.name == recipe.process.judge)
-            judge = (jt, paths.get(f"teacher:{jt.name}"))
+        judge = judge_of(recipe, recipe.process.judge, paths)
         v_key = keys.process_key(recipe, p_key, [g for g in g_keys if g], judge, student)
-        from branchmerge.recipe.cache import fingerprint
-
-        s_key = fingerprint("build-sft", v_key, dir_fingerprint(student), recipe.build_sft.model_dump())
+        s_key = keys.build_sft_key(v_key, dir_fingerprint(student), recipe)
     stages.append(
         PlannedStage("process", done("process", v_key), f"steps: {', '.join(recipe.process.steps)}")
     )
     stages.append(PlannedStage("build-sft", done("build-sft", s_key)))
-    trained = model_names(recipe)[1:]
-    for name in trained:
-        stage = f"grpo.{name}" if recipe.grpo is not None and name == recipe.grpo.name else f"train.{name}"
-        if stage.startswith("grpo") and recipe.reward_models is not None:
-            stages.append(
-                PlannedStage("reward-models", _cached_prefix(root, "reward-models") if v_key else None)
-            )
-        stages.append(PlannedStage(stage, _cached_prefix(root, stage) if s_key else None))
-    if recipe.reward_models is not None and recipe.grpo is None:
-        stages.append(PlannedStage("reward-models", _cached_prefix(root, "reward-models") if v_key else None))
-    for name in recipe.merges:
-        stages.append(PlannedStage(f"merge.{name}", _cached_prefix(root, f"merge.{name}") if s_key else None))
-    evaluated = recipe.eval.models or [*model_names(recipe), *recipe.merges]
+    # the run's order: branches, reward models, GRPO, merges (keys from here on need trained models' keys)
+    later = [f"train.{name}" for name in expert_and_mixture_names(recipe)]
+    if recipe.reward_models is not None:
+        later.append("reward-models")
+    if recipe.grpo is not None:
+        later.append(f"grpo.{recipe.grpo.name}")
+    later += [f"merge.{name}" for name in recipe.merges]
+    for stage in later:
+        upstream = v_key if stage == "reward-models" else s_key
+        stages.append(PlannedStage(stage, _cached_prefix(root, stage) if upstream else None))
+    evaluated = evaluated_models(recipe)
     for s in recipe.eval.sets:
         label = s.label or s.name
         n = recipe.eval.sampling(s)["n"]
@@ -294,10 +293,3 @@ def _cached_prefix(root: Path, name: str) -> bool | None:
 
 def _files_present(recipe: Recipe, base: Path) -> bool:
     return all(data_path(f.path, base).exists() for f in recipe.problems.files)
-
-
-def summary(plan: Plan) -> dict[str, Any]:
-    """The plan as plain data (what `run --dry-run --json` prints)."""
-    from dataclasses import asdict
-
-    return asdict(plan)

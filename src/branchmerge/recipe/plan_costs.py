@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from branchmerge.recipe.resolve import branch_plans, evaluated_models, expert_groups
 from branchmerge.recipe.schema import Recipe, TeacherSpec
 from branchmerge.records import Problem, SFTExample, read_jsonl
 from branchmerge.train.memory import Kind, Shape, estimate
@@ -106,7 +107,7 @@ def estimate_teachers(
             loads.append(_load(judge, "judge: rewrite", traces, with_trace, g.max_tokens, g.expected_tokens))
     if recipe.eval.judge is not None:
         judge = next(t for t in recipe.teachers if t.name == recipe.eval.judge)
-        models = len(recipe.eval.models or []) or _model_count(recipe)
+        models = len(evaluated_models(recipe))
         requests, prompt = 0, 0
         for s in recipe.eval.sets:
             items = eval_sets.get(s.label or s.name) or []
@@ -117,12 +118,6 @@ def estimate_teachers(
         answer = recipe.eval.max_tokens
         loads.append(_load(judge, "judge: eval", requests, prompt + requests * answer, 1024, None))
     return loads
-
-
-def _model_count(recipe: Recipe) -> int:
-    from branchmerge.recipe.resolve import model_names
-
-    return len(model_names(recipe)) + len(recipe.merges)
 
 
 def _example_bound(
@@ -154,7 +149,6 @@ def estimate_training(
     sft_file: Path | None,
 ) -> list[TrainLoad]:
     """Every training stage: its examples and tokens (exact once the SFT set is built) and GPU memory."""
-    from branchmerge.recipe.resolve import branch_plans, expert_groups
     from branchmerge.train.branches import MIXTURE, expert_name
     from branchmerge.train.curriculum import select
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.recipe.schema import Recipe
+from branchmerge.recipe.schema import Recipe, TeacherSpec
 from branchmerge.records import SFTExample
 from branchmerge.teachers.local import check_model_dir
 from branchmerge.train.branches import MIXTURE, BranchPlan, expert_name, plan_branches
@@ -69,14 +69,32 @@ def expert_groups(recipe: Recipe) -> list[str]:
     return recipe.problems.train_domains
 
 
+def expert_and_mixture_names(recipe: Recipe) -> list[str]:
+    """The SFT branches: one expert per group, then the mixture."""
+    return [expert_name(g) for g in expert_groups(recipe)] + [MIXTURE] * recipe.train.mixture
+
+
 def model_names(recipe: Recipe) -> list[str]:
     """The student, its trained branches and the GRPO model: every model that is not a merge."""
-    names = [STUDENT] + [expert_name(g) for g in expert_groups(recipe)]
-    if recipe.train.mixture:
-        names.append(MIXTURE)
+    names = [STUDENT, *expert_and_mixture_names(recipe)]
     if recipe.grpo is not None:
         names.append(recipe.grpo.name)
     return names
+
+
+def evaluated_models(recipe: Recipe) -> list[str]:
+    """The models the eval stages run on, in the order they are made (`eval.models`, default every model)."""
+    return recipe.eval.models or [*model_names(recipe), *recipe.merges]
+
+
+def judge_of(
+    recipe: Recipe, name: str | None, paths: dict[str, Path]
+) -> tuple[TeacherSpec, Path | None] | None:
+    """The teacher a `judge:` field names, with its local checkpoint when it has one."""
+    if name is None:
+        return None
+    t = next(t for t in recipe.teachers if t.name == name)
+    return t, paths.get(f"teacher:{t.name}")
 
 
 def branch_plans(recipe: Recipe, examples: list[SFTExample]) -> list[BranchPlan]:
@@ -181,13 +199,10 @@ def _name_errors(recipe: Recipe) -> list[str]:
 
 
 def _missing_files(recipe: Recipe, base_dir: Path) -> list[str]:
-    errors = []
     files = [(f"problems.files[{i}].path", f.path) for i, f in enumerate(recipe.problems.files)]
     files += [(f"eval.sets[{i}].path", s.path) for i, s in enumerate(recipe.eval.sets) if s.path]
-    for where, p in files:
-        if not data_path(p, base_dir).exists():
-            errors.append(f"{where}: {data_path(p, base_dir)} not found")
-    return errors
+    paths = [(where, data_path(p, base_dir)) for where, p in files]
+    return [f"{where}: {path} not found" for where, path in paths if not path.exists()]
 
 
 def data_path(ref: str, base_dir: Path) -> Path:

@@ -17,6 +17,7 @@ from branchmerge.evaluate.stats import accuracy_table
 from branchmerge.recipe import data_stages, stages
 from branchmerge.recipe.cache import StageCache, StageOutcome, dir_fingerprint, fingerprint
 from branchmerge.recipe.keys import (
+    build_sft_key,
     eval_key,
     eval_set_key,
     eval_stage_name,
@@ -25,7 +26,7 @@ from branchmerge.recipe.keys import (
     process_key,
     train_key,
 )
-from branchmerge.recipe.resolve import STUDENT, branch_plans, preflight
+from branchmerge.recipe.resolve import STUDENT, branch_plans, evaluated_models, judge_of, preflight
 from branchmerge.recipe.schema import Recipe, TeacherSpec
 from branchmerge.records import EvalSample, Problem, SFTExample, read_jsonl
 from branchmerge.teachers.config import TeacherConfig
@@ -101,7 +102,7 @@ def run_recipe(
         trace_files.append(go.path / "traces.jsonl")
         g_keys.append(g_key)
     pspec = recipe.process
-    judge = _judge(recipe, pspec.judge, paths)
+    judge = judge_of(recipe, pspec.judge, paths)
     v_key = process_key(recipe, p_key, g_keys, judge, paths[STUDENT])
     vo = stage(
         "process",
@@ -113,7 +114,7 @@ def run_recipe(
 
     student = paths[STUDENT]
     student_fp = dir_fingerprint(student)
-    s_key = fingerprint("build-sft", v_key, student_fp, recipe.build_sft.model_dump())
+    s_key = build_sft_key(v_key, student_fp, recipe)
     so = stage(
         "build-sft",
         s_key,
@@ -175,7 +176,7 @@ def run_recipe(
     samples: list[EvalSample] = []
     eval_problems: list[Problem] = []
     with contextlib.ExitStack() as stack:
-        eval_judge = _LazyEndpoint(stack, _judge(recipe, e_spec.judge, paths))
+        eval_judge = _LazyEndpoint(stack, judge_of(recipe, e_spec.judge, paths))
         for set_spec in e_spec.sets:
             label = set_spec.label or set_spec.name
             set_key = eval_set_key(set_spec, p_key, base)
@@ -187,7 +188,7 @@ def run_recipe(
             items = read_jsonl(eo.path / "problems.jsonl", Problem)
             eval_problems += items
             sampling = e_spec.sampling(set_spec)
-            for name in e_spec.models or list(models):
+            for name in evaluated_models(recipe):
                 mdir, mkey = models[name]
                 key = eval_key(set_key, mkey, name, sampling, e_spec, set_spec)
                 o = stage(
@@ -228,15 +229,6 @@ class _LazyEndpoint:
         if self.judge is not None and self.cfg is None:
             self.cfg = self.stack.enter_context(stages.teacher_endpoint(*self.judge))
         return self.cfg
-
-
-def _judge(
-    recipe: Recipe, name: str | None, paths: dict[str, Path]
-) -> tuple[TeacherSpec, Path | None] | None:
-    if name is None:
-        return None
-    t = next(t for t in recipe.teachers if t.name == name)
-    return t, paths.get(f"teacher:{t.name}")
 
 
 def merge_parents(recipe: Recipe, evaluated: set[str]) -> dict[str, list[str]]:
