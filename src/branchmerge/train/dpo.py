@@ -24,12 +24,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, Trace
-from branchmerge.teachers.local import check_model_dir
 from branchmerge.train.sft_data import assistant_message
 from branchmerge.train.trl_run import (
     RichProgress,
     RunSettings,
-    quiet_transformers,
+    begin_run,
     run_output,
     run_trainer,
     save_full,
@@ -160,11 +159,7 @@ def train_dpo(
     from trl import DPOConfig, DPOTrainer
 
     s = settings or DPOSettings()
-    base = check_model_dir(base_dir)
-    if not pairs:
-        raise BranchmergeError(f"{label}: no preference pairs to train on")
-    quiet_transformers()
-    start = time.perf_counter()
+    base, start = begin_run(base_dir, pairs, label, "preference pairs to train on")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     reference = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])

@@ -23,13 +23,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem
-from branchmerge.teachers.local import check_model_dir
 from branchmerge.train.reward_model import load_scorer
 from branchmerge.train.rewards import Scorer, grpo_rewards
 from branchmerge.train.trl_run import (
     RichProgress,
     RunSettings,
-    quiet_transformers,
+    begin_run,
     run_output,
     run_trainer,
     save_full,
@@ -115,11 +114,7 @@ def train_grpo(
     from trl import GRPOConfig, GRPOTrainer
 
     s = settings or GRPOSettings()
-    base = check_model_dir(base_dir)
-    if not problems:
-        raise BranchmergeError(f"{label}: no problems to train on")
-    quiet_transformers()
-    start = time.perf_counter()
+    base, start = begin_run(base_dir, problems, label, "problems to train on")
     funcs, weights = grpo_rewards(
         rv=_scorer("RV", rv_model, rv_band),
         cd=_scorer("CD", cd_model, cd_band),

@@ -37,7 +37,6 @@ from transformers import (
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import SFTExample
-from branchmerge.teachers.local import check_model_dir
 from branchmerge.train.kd_cache import (
     CacheReport,
     TeacherCache,
@@ -52,7 +51,7 @@ from branchmerge.train.sft import TrainResult
 from branchmerge.train.trl_run import (
     RichProgress,
     RunSettings,
-    quiet_transformers,
+    begin_run,
     run_output,
     run_trainer,
     save_full,
@@ -272,11 +271,7 @@ def train_kd(
     s = settings or KDSettings()
     if teacher_dir is None and cache_dir is None:
         raise BranchmergeError(f"{label}: KD needs a teacher folder, a KD cache folder, or both")
-    if not examples:
-        raise BranchmergeError(f"{label}: no SFT examples to distil on")
-    start = time.perf_counter()
-    student = check_model_dir(student_dir)
-    quiet_transformers()
+    student, start = begin_run(student_dir, examples, label, "SFT examples to distil on")
     tokenizer = AutoTokenizer.from_pretrained(student)
     tokenizer.padding_side = "right"
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -16,7 +16,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sized
 from pathlib import Path
 from typing import Any, Literal
 
@@ -276,6 +277,18 @@ def copy_side_files(src: Path, dst: Path) -> None:
     for name in _SIDE_FILES:
         if (src / name).exists():
             shutil.copyfile(src / name, dst / name)
+
+
+def begin_run(base_dir: str | Path, items: Sized, label: str, what: str) -> tuple[Path, float]:
+    """What every trainer does first: refuse empty input (`{label}: no {what}`), check the base folder, quiet
+    the libraries, start the clock. Returns the checked base folder and the start time."""
+    from branchmerge.teachers.local import check_model_dir
+
+    if not items:
+        raise BranchmergeError(f"{label}: no {what}")
+    base = check_model_dir(base_dir)
+    quiet_transformers()
+    return base, time.perf_counter()
 
 
 def quiet_transformers() -> None:
