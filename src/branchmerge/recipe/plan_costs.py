@@ -96,8 +96,10 @@ def estimate_teachers(
         jmax = p.judging.max_tokens
         if "difficulty" in p.steps and p.difficulty.method == "judge":
             loads.append(_load(judge, "judge: difficulty", n_problems, q_tokens, jmax, None))
-        with_trace = None if traces is None or q_tokens is None else q_tokens * per_problem * len(generating)
-        with_trace = None if with_trace is None or traces is None else with_trace + traces * trace_len
+        # a trace's prompt: its question and the trace itself (q_tokens and traces are None together)
+        with_trace = None
+        if q_tokens is not None and traces is not None:
+            with_trace = q_tokens * per_problem * len(generating) + traces * trace_len
         if "rv_cd" in p.steps:
             loads.append(
                 _load(judge, "judge: rv_cd", None if traces is None else 2 * traces,
