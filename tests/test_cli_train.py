@@ -1,4 +1,4 @@
-"""`branchmerge train` with --curriculum, --experts and --method kd, on the shipped tiny student and teacher."""
+"""`branchmerge train sft` with --curriculum and --experts, and `branchmerge train kd`, on the shipped tiny student and teacher."""
 
 import json
 import math
@@ -32,8 +32,10 @@ def data(tmp_path_factory):
     return path
 
 
-def _train(data, out, *args):
-    result = runner.invoke(app, ["train", str(data), "--base", str(student_dir()), "--out", str(out), *args])
+def _train(data, out, method, *args):
+    result = runner.invoke(
+        app, ["train", method, str(data), "--base", str(student_dir()), "--out", str(out), *args]
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -56,7 +58,7 @@ def test_curriculum_runs_the_stages_in_order_and_keeps_each(data, tmp_path):
         "  - {name: hard, where: {difficulty: hard}, max_steps: 3, learning_rate: 0.001}\n"
     )
     out = tmp_path / "student"
-    output = _train(data, out, "--curriculum", str(curriculum), "--report-to", "none", *FAST)
+    output = _train(data, out, "sft", "--curriculum", str(curriculum), "--report-to", "none", *FAST)
 
     lines = output.strip().splitlines()[-3:]
     assert re.fullmatch(
@@ -75,7 +77,7 @@ def test_curriculum_runs_the_stages_in_order_and_keeps_each(data, tmp_path):
 
 def test_experts_by_domain_and_the_mixture_with_the_summed_budget(data, tmp_path):
     out = tmp_path / "branches"
-    output = _train(data, out, "--experts", "domain", "--max-steps", "2", "--report-to", "none", *FAST)
+    output = _train(data, out, "sft", "--experts", "domain", "--max-steps", "2", "--report-to", "none", *FAST)
 
     lines = output.strip().splitlines()[-3:]
     expected = [
@@ -94,7 +96,7 @@ def test_experts_by_domain_and_the_mixture_with_the_summed_budget(data, tmp_path
 
 def test_kd_fills_the_cache_then_trains_from_it_and_shows_ce_and_kd(data, tmp_path):
     cache, out = tmp_path / "kd-cache", tmp_path / "kd"
-    args = ["--method", "kd", "--kd-cache", str(cache), "--max-steps", "2", *FAST]
+    args = ["kd", "--kd-cache", str(cache), "--max-steps", "2", *FAST]
     output = _train(data, out, *args, "--teacher", str(teacher_dir()), "--top-k", "8", "--kd-loss", "mix")
 
     fill, trained = output.strip().splitlines()[-2:]
@@ -128,33 +130,43 @@ def test_kd_fills_the_cache_then_trains_from_it_and_shows_ce_and_kd(data, tmp_pa
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--no-mixture"], "--no-mixture: applies only with --experts"),
-        (["--method", "kd"], "--method kd: give --teacher DIR (online), --kd-cache DIR"),
+        (["sft", "--no-mixture"], "--no-mixture: applies only with --experts"),
+        (["sft", "--mixture-budget", "same"], "--mixture-budget: applies only with --experts"),
+        (["kd"], "KD needs --teacher (online), --kd-cache (an already filled cache), or both"),
         (
-            ["--method", "dpo", "--curriculum", "{curriculum}"],
-            "--curriculum: applies to --method dora / full",
+            ["dpo", "--problems", "p", "--curriculum", "{curriculum}"],
+            "train dpo: No such option: --curriculum",
         ),
-        (["--curriculum", "{bad_curriculum}"], "{bad_curriculum}: stages[1].epoch: unknown key"),
-        (["--experts", "subject"], "--experts 'subject': expected one of domain, teacher"),
+        (["sft", "--curriculum", "{bad_curriculum}"], "{bad_curriculum}: stages[1].epoch: unknown key"),
+        (["sft", "--experts", "subject"], "--experts 'subject': expected one of domain, teacher"),
         (
-            ["--experts", "domain", "--eval-fraction", "0.2"],
+            ["sft", "--experts", "domain", "--eval-fraction", "0.2"],
             "--eval-fraction: cannot be combined with --experts",
         ),
         (
-            ["--method", "kd", "--kd-cache", "c", "--kd-loss", "reverse", "--mix-weight", "0.3"],
+            ["sft", "--curriculum", "{curriculum}", "--eval-fraction", "0.2"],
+            "--eval-fraction: cannot be combined with --curriculum",
+        ),
+        (
+            ["kd", "--kd-cache", "c", "--kd-loss", "reverse", "--mix-weight", "0.3"],
             "--mix-weight: read only with --kd-loss mix, not reverse",
         ),
-        (["--method", "kd", "--teacher", "t", "--top-k", "8"], "--top-k: read only when filling a cache"),
-        (["--method", "kd", "--kd-cache", "c", "--kd-loss", "both"], "--kd-loss: Input should be 'forward'"),
+        (["kd", "--teacher", "t", "--top-k", "8"], "--top-k: read only when filling a cache"),
+        (
+            ["kd", "--kd-cache", "c", "--kd-loss", "both"],
+            "--kd-loss 'both': expected one of forward, reverse, mix",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(data, tmp_path, args, message):
     files = {"curriculum": tmp_path / "ok.yaml", "bad_curriculum": tmp_path / "bad.yaml"}
     files["curriculum"].write_text("- {name: all}\n")
     files["bad_curriculum"].write_text("stages:\n  - {name: a}\n  - {name: b, epoch: 2}\n")
-    args = [a.format(**files) for a in args]
+    method, *args = [a.format(**files) for a in args]
     out = tmp_path / "out"
-    result = runner.invoke(app, ["train", str(data), "--base", str(student_dir()), "--out", str(out), *args])
+    result = runner.invoke(
+        app, ["train", method, str(data), "--base", str(student_dir()), "--out", str(out), *args]
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message.format(**files) in lines[0], lines

@@ -34,7 +34,8 @@ def test_two_processes_train_one_model_and_write_it_once(tmp_path: Path) -> None
     write_jsonl(tmp_path / "sft.jsonl", examples)
     out = tmp_path / "models" / "expert"
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    cmd = [torchrun, "--nproc_per_node", "2", "-m", "branchmerge", "train", str(tmp_path / "sft.jsonl")]
+    cmd = [torchrun, "--nproc_per_node", "2", "-m", "branchmerge", "train", "sft"]
+    cmd += [str(tmp_path / "sft.jsonl")]
     cmd += ["--base", str(student_dir()), "--out", str(out), "--max-steps", "4", "--batch-size", "4"]
     cmd += ["--report-to", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

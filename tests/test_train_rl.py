@@ -235,7 +235,7 @@ def test_cli_reward_grpo_and_dpo(scored, rv_model, tmp_path):
     write_jsonl(tmp_path / "problems.jsonl", problems.values())
     base = student_dir()
     code, out = _cli(
-        tmp_path / "scored.jsonl", "--method", "reward", "--problems", tmp_path / "problems.jsonl",
+        "reward", tmp_path / "scored.jsonl", "--problems", tmp_path / "problems.jsonl",
         "--target", "rv", "--base", base, "--out", tmp_path / "rm", "--max-steps", 4, "--batch-size", 8,
     )  # fmt: skip
     assert code == 0, out
@@ -243,7 +243,7 @@ def test_cli_reward_grpo_and_dpo(scored, rv_model, tmp_path):
 
     write_jsonl(tmp_path / "add.jsonl", generate_problems("add", 2, seed=2))
     code, out = _cli(
-        tmp_path / "add.jsonl", "--method", "grpo", "--base", base, "--out", tmp_path / "grpo",
+        "grpo", tmp_path / "add.jsonl", "--base", base, "--out", tmp_path / "grpo",
         "--rv-model", rv_model[0], "--rv", "2:5", "--lambda-rv", 0.5, "--num-generations", 2,
         "--batch-size", 2, "--max-completion-length", 12, "--max-steps", 1,
     )  # fmt: skip
@@ -254,7 +254,7 @@ def test_cli_reward_grpo_and_dpo(scored, rv_model, tmp_path):
     write_jsonl(tmp_path / "traces.jsonl", right_wrong)
     write_jsonl(tmp_path / "add4.jsonl", add_problems.values())
     code, out = _cli(
-        tmp_path / "traces.jsonl", "--method", "dpo", "--problems", tmp_path / "add4.jsonl", "--base", base,
+        "dpo", tmp_path / "traces.jsonl", "--problems", tmp_path / "add4.jsonl", "--base", base,
         "--out", tmp_path / "dpo", "--max-steps", 2, "--batch-size", 2, "--beta", 0.2,
     )  # fmt: skip
     assert code == 0, out
@@ -264,28 +264,22 @@ def test_cli_reward_grpo_and_dpo(scored, rv_model, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["ppo"], "train: No such command 'ppo'"),
+        (["grpo", "--target", "rv"], "train grpo: No such option: --target"),
+        (["sft", "--beta", "0.1"], "train sft: No such option: --beta"),
+        (["reward"], "train reward: Missing option '--problems'"),
+        (["reward", "--problems", "{problems}", "--target", "xx"], "--target 'xx': expected one of rv, cd"),
+        (["dpo", "--problems", "{problems}", "--pairs", "verbosity"], "--pairs verbosity: needs --rv"),
         (
-            ["--method", "ppo"],
-            "--method 'ppo': not a training method (known: full, lora, qlora, dora, reward, grpo, dpo, kd)",
-        ),
-        (["--method", "grpo", "--target", "rv"], "--target: applies to --method reward, not grpo"),
-        (["--method", "full", "--beta", "0.1"], "--beta: applies to --method dpo / grpo, not full"),
-        (["--method", "reward"], "--problems: required with --method reward"),
-        (
-            ["--method", "reward", "--problems", "{problems}", "--target", "xx"],
-            "--target 'xx': expected one of rv, cd",
-        ),
-        (["--method", "dpo", "--pairs", "verbosity"], "--pairs verbosity: needs --rv L:H"),
-        (
-            ["--method", "dpo", "--pairs", "verbosity", "--rv", "5:2"],
+            ["dpo", "--problems", "{problems}", "--pairs", "verbosity", "--rv", "5:2"],
             "--rv '5:2': expected 0 ≤ LOW ≤ HIGH ≤ 9",
         ),
-        (["--method", "dpo", "--problems", "{problems}"], "2 problem ids are not in"),
+        (["dpo", "--problems", "{problems}"], "2 problem ids are not in"),
         (
-            ["--method", "grpo", "--batch-size", "6", "--num-generations", "4"],
-            "train --method grpo: batch_size 6 is not a multiple of num_generations 4",
+            ["grpo", "--batch-size", "6", "--num-generations", "4"],
+            "--batch-size 6 is not a multiple of --num-generations 4",
         ),
-        (["--method", "grpo", "--rv", "2:5"], "grpo: a RV band without a RV reward model"),
+        (["grpo", "--rv", "2:5"], "grpo: a RV band without a RV reward model"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
@@ -293,8 +287,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     write_jsonl(tmp_path / "problems.jsonl", [Problem(id="p0", domain="add", question="Q?", reference="1")])
     write_jsonl(tmp_path / "traces.jsonl", [_trace("x1", 0), _trace("x2", 0)])
     data = tmp_path / ("problems.jsonl" if "grpo" in args else "traces.jsonl")
-    args = [a.replace("{problems}", str(tmp_path / "problems.jsonl")) for a in args]
-    code, out = _cli(data, "--base", student_dir(), "--out", tmp_path / "o", *args)
+    method, *args = [a.replace("{problems}", str(tmp_path / "problems.jsonl")) for a in args]
+    code, out = _cli(method, data, "--base", student_dir(), "--out", tmp_path / "o", *args)
     assert code == 2 and out.startswith("error:") and out.strip().count("\n") == 0, out
     assert message in out
     assert not (tmp_path / "o").exists()

@@ -266,21 +266,19 @@ def test_cli_sft_options(examples, tiny_model_dir, tmp_path):
     common = [str(data), "--base", str(tiny_model_dir), "--out", str(tmp_path / "x")]
     runner = CliRunner()
 
-    bad = runner.invoke(app, ["train", *common, "--method", "reward", "--packing"])
-    assert (
-        bad.exit_code == 2
-        and "--packing: applies to --method dora / full / lora / qlora, not reward" in bad.output
-    )
-    bad = runner.invoke(app, ["train", *common, "--eval-fraction", "1.5"])
+    bad = runner.invoke(app, ["train", "reward", *common, "--problems", "p", "--packing"])
+    assert bad.exit_code == 2 and "train reward: No such option: --packing" in bad.output
+    bad = runner.invoke(app, ["train", "sft", *common, "--eval-fraction", "1.5"])
     assert bad.exit_code == 2 and "--eval-fraction 1.5: expected a number between 0 and 1" in bad.output
     if not torch.cuda.is_available():
-        bad = runner.invoke(app, ["train", *common, "--method", "qlora"])
+        bad = runner.invoke(app, ["train", "sft", *common, "--method", "qlora"])
         assert bad.exit_code == 2 and "CUDA GPU" in bad.output and not (tmp_path / "x").exists()
 
     ok = runner.invoke(
         app,
         [
             "train",
+            "sft",
             *common,
             "--method",
             "dora",

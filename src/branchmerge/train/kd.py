@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -129,6 +129,12 @@ class KDSettings(RunSettings):
     ce_weight: float = Field(0.5, ge=0)
     top_k: int = Field(20, gt=0)  # cache only: 120 bytes per assistant token at 20
     cache_batch_size: int = Field(8, gt=0)
+
+    @model_validator(mode="after")
+    def _mix_weight_only_with_mix(self) -> KDSettings:
+        if "mix_weight" in self.model_fields_set and self.kd_loss != "mix":
+            raise ValueError(f"mix_weight: read only with kd_loss mix, not {self.kd_loss}")
+        return self
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -225,7 +225,7 @@ def load_scorer(model_dir: str | Path) -> Scorer:
     `train_reward_model`, the completions re-laid out by `reward_text`."""
     path = check_model_dir(model_dir)
     if not (path / METRICS_FILE).is_file():
-        raise BranchmergeError(f"{path}: no {METRICS_FILE}; not a reward model from `train --method reward`")
+        raise BranchmergeError(f"{path}: no {METRICS_FILE}; not a reward model from `train reward`")
     max_length = int(json.loads((path / METRICS_FILE).read_text())["max_length"])
     model, tokenizer = _load(path)
     model.to("cuda" if torch.cuda.is_available() else "cpu")  # beside the policy GRPO is training
