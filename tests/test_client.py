@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, Trace, append_jsonl, read_jsonl
+from branchmerge.records.repair import repair_tail
 from branchmerge.teachers.client import (
     TeacherConfig,
     generate_traces,
     parse_choice,
-    repair_tail,
     request_seed,
 )
 from branchmerge.teachers.serve import running_app, running_server

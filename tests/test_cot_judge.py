@@ -14,10 +14,10 @@ from fastapi.responses import JSONResponse
 from typer.testing import CliRunner
 
 from branchmerge.cli.main import app
-from branchmerge.cot.base import ProcessOptions, StepContext
-from branchmerge.cot.judge import load_template, parse_label, parse_score
-from branchmerge.cot.registry import PRESETS, process_traces, resolve_steps
+from branchmerge.cot.base import StepContext
+from branchmerge.cot.registry import PRESETS, ProcessOptions, process_traces, resolve_steps
 from branchmerge.errors import BranchmergeError
+from branchmerge.judge.calls import load_template, parse_label, parse_score
 from branchmerge.records import Problem, Trace, Verdict, read_jsonl, write_jsonl
 from branchmerge.teachers.config import TeacherConfig
 from branchmerge.teachers.serve import running_app
@@ -329,7 +329,7 @@ def test_slow_thinking_preset_chains_verify_to_rewrite(judge, tmp_path: Path) ->
 def test_verify_grades_judged_problems_with_the_steps_judge(tmp_path: Path) -> None:
     """mdr scenario / ethics problems are graded by a judge: the verify step uses the process judge for them.
     Before, the step configured no judge, so it failed on such problems even when the process had one."""
-    from branchmerge.graders.judge import judge_spec
+    from branchmerge.judge import judge_spec
 
     spec = judge_spec("Should the plan go ahead?", "Pass when the answer weighs both risks.", "ethics-1", 5)
     problems = {
@@ -361,3 +361,21 @@ def test_verify_grades_judged_problems_with_the_steps_judge(tmp_path: Path) -> N
     alone = StepContext(tmp_path, "without", show_progress=False)
     with pytest.raises(BranchmergeError, match="no judge is configured"):
         process_traces(["verify"], traces, problems, opts, tmp_path / "without.jsonl", alone)
+
+
+def test_every_processor_with_options_has_its_section_and_no_section_lacks_a_processor() -> None:
+    """ProcessOptions is kept by hand beside PROCESSORS: a processor added to one and not the other fails here."""
+    from branchmerge.cot.registry import PROCESSORS
+
+    with_options = {name for name, p in PROCESSORS.items() if p.options is not None}
+    sections = set(ProcessOptions.model_fields) - {"judging"}
+    assert with_options == sections
+    assert all(ProcessOptions.model_fields[n].annotation is PROCESSORS[n].options for n in sections)
+    assert all(PROCESSORS[name].name == name for name in PROCESSORS)
+    assert {name for name, p in PROCESSORS.items() if p.needs_judge(ProcessOptions().of(name))} == {
+        "difficulty",
+        "rv_cd",
+        "rewrite",
+    }
+    student = ProcessOptions.model_validate({"difficulty": {"method": "student"}})
+    assert not PROCESSORS["difficulty"].needs_judge(student.of("difficulty"))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from branchmerge.cli.main import app
 from branchmerge.errors import BranchmergeError
 from branchmerge.evaluate.runner import evaluate_model, judge_cache_path, outputs_path, truncation_rate
-from branchmerge.graders.judge import judge_spec
+from branchmerge.judge import judge_spec
 from branchmerge.records import EvalSample, Problem, Trace, read_jsonl, write_jsonl
 from branchmerge.teachers.config import TeacherConfig
 from branchmerge.teachers.serve import running_app
@@ -179,9 +179,9 @@ def test_judge_items_go_to_the_judge_without_the_reasoning(endpoint, tmp_path):
         out.unlink()
         run(cfg, [item], out, judge=judge)  # regraded from the cache: the judge is not asked again
         assert len(judge_calls) == 1
-    from branchmerge.graders import judge as judge_grader
+    from branchmerge.judge import judge_configured
 
-    assert judge_grader._default is None  # the run's judge does not outlive the run
+    assert not judge_configured()  # the run's judge does not outlive the run
 
 
 def test_local_checkpoint_in_process_and_served_give_the_same_samples(tiny_model_dir, tokenizer, tmp_path):

@@ -16,7 +16,8 @@ from branchmerge.errors import BranchmergeError
 from branchmerge.evaluate.mdr import base, causal, ethics, scenario, science, writing
 from branchmerge.graders import grade
 from branchmerge.graders.constraints import describe
-from branchmerge.graders.judge import configure_judge, judge_many, judge_spec
+from branchmerge.graders.judge import judge_many
+from branchmerge.judge import configure_judge, judge_spec
 from branchmerge.teachers.config import TeacherConfig
 from branchmerge.teachers.serve import running_app
 from fakes import fake_openai, ok

@@ -41,7 +41,7 @@ def _options(config: Path | None, flags: dict[str, dict[str, Any]]) -> Any:
     """ProcessOptions from the YAML file (if any), with the flags given on the command line on top."""
     from pydantic import ValidationError
 
-    from branchmerge.cot.base import ProcessOptions
+    from branchmerge.cot.registry import ProcessOptions
     from branchmerge.errors import validation_error
 
     data: dict[str, Any] = {}

@@ -1,90 +1,33 @@
 """The processor contract: traces in, traces out, with the reasons for every trace removed or flagged.
 
-A processor is `run(traces, problems, options, context) -> StepResult`. `options` is the whole ProcessOptions
-(each step reads its own section), `context` says where side files go and which endpoints judge. Processors
-never read another processor's internals; they meet only through Trace fields (`verified`, `difficulty`, `rv`,
-`cd`, `rewritten_from`).
+A processor is a `Processor`: a name, an options model (defined in the processor's own module), and
+`run(traces, problems, options, context) -> StepResult`, where `options` is its own section of ProcessOptions and
+`context` says where side files go, which endpoints judge and how the judge samples. Processors never read
+another processor's internals; they meet only through Trace fields (`verified`, `difficulty`, `rv`, `cd`,
+`rewritten_from`). `registry.py` lists them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict
 
-from branchmerge.cot.judge import JudgeSettings
+from branchmerge.judge.calls import JudgeSettings
 from branchmerge.records import Problem, Trace
 from branchmerge.teachers.config import TeacherConfig
 
 LEVELS = ("easy", "medium", "hard")
 
 
-class _Opts(BaseModel):
+class StepOptions(BaseModel):
+    """Base of every processor's options: a key the processor does not read is an error."""
+
     model_config = ConfigDict(extra="forbid")
-
-
-class SampleSpec(_Opts):
-    """sample: RV/CD bands, per-problem choice, per-domain caps or weighted shares (see cot/sample.py)."""
-
-    rv: tuple[int, int] | None = None  # keep L <= rv <= H
-    cd: tuple[int, int] | None = None
-    per_problem: Literal["all", "shortest"] = "all"
-    caps: dict[str, int] = Field(default_factory=dict)
-    weights: dict[str, float] = Field(default_factory=dict)
-    total: int | None = Field(None, gt=0)
-    seed: int = 0
-
-
-class VerifyOptions(_Opts):
-    # drop: keep verified traces; keep-flagged: keep all, marked; best-of-n: the shortest verified trace of each
-    # (problem, teacher), so n samples per teacher give at most one trace each.
-    policy: Literal["drop", "keep-flagged", "best-of-n"] = "drop"
-
-
-class DedupOptions(_Opts):
-    threshold: float = Field(0.8, gt=0, le=0.98)
-
-
-class DecontaminateOptions(_Opts):
-    benchmarks: list[Path] = []  # Problems JSONL files
-    ngram: int = Field(13, gt=0)
-
-
-class DifficultyOptions(_Opts):
-    # judge: an LLM rates each problem easy/medium/hard. student: the student answers each problem k times;
-    # a pass rate >= easy_at is easy, <= hard_at is hard, anything between medium.
-    method: Literal["judge", "student"] = "judge"
-    k: int = Field(8, gt=0)
-    temperature: float = Field(0.6, ge=0)
-    max_tokens: int = Field(4096, gt=0)
-    easy_at: float = Field(0.8, ge=0, le=1)
-    hard_at: float = Field(0.2, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> DifficultyOptions:
-        if self.hard_at >= self.easy_at:
-            raise ValueError(f"hard_at {self.hard_at} must be below easy_at {self.easy_at}")
-        return self
-
-
-class RewriteOptions(_Opts):
-    levels: list[Literal["easy", "medium", "hard"]] = ["easy", "hard"]  # DistilQwen rewrites easy and hard
-    keep_original: bool = False  # False: a verified rewrite replaces its original
-
-
-class ProcessOptions(_Opts):
-    """Every step's settings; a recipe's `process:` section and the CLI's options both fill this."""
-
-    verify: VerifyOptions = VerifyOptions()
-    dedup: DedupOptions = DedupOptions()
-    decontaminate: DecontaminateOptions = DecontaminateOptions()
-    difficulty: DifficultyOptions = DifficultyOptions()
-    rewrite: RewriteOptions = RewriteOptions()
-    sample: SampleSpec = SampleSpec()
-    judging: JudgeSettings = JudgeSettings()  # sampling of judge calls (the judge itself is an endpoint)
 
 
 @dataclass
@@ -97,6 +40,7 @@ class StepContext:
     student: TeacherConfig | None = None  # for difficulty by the student's pass rate
     judge_cache: Path | None = None  # judge answers; default out_dir/stem.judge.jsonl
     show_progress: bool = True
+    judging: JudgeSettings = field(default_factory=JudgeSettings)  # how the judge samples
 
     def side(self, suffix: str) -> Path:
         return self.out_dir / f"{self.stem}.{suffix}"
@@ -115,6 +59,27 @@ class StepResult:
     table: list[dict[str, Any]] = field(default_factory=list)  # detail rows for the counts file
 
 
+def never(options: Any) -> bool:
+    return False
+
+
+def always(options: Any) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Processor:
+    """One processor: its name in chains and presets, its options model (its section of `ProcessOptions`; None
+    when it has no settings), `run(traces, problems, its options, context)`, whether it grades answers against
+    the problems' references, and whether, with the given options, it calls the judge endpoint."""
+
+    name: str
+    options: type[StepOptions] | None
+    run: Callable[[list[Trace], dict[str, Problem], Any, StepContext], StepResult]
+    needs_reference: bool = False
+    needs_judge: Callable[[Any], bool] = never
+
+
 def by_problem(traces: list[Trace]) -> dict[str, list[Trace]]:
     out: dict[str, list[Trace]] = {}
     for t in traces:
@@ -122,4 +87,4 @@ def by_problem(traces: list[Trace]) -> dict[str, list[Trace]]:
     return out
 
 
-__all__ = ["LEVELS", "Problem", "ProcessOptions", "StepContext", "StepResult", "by_problem"]
+__all__ = ["LEVELS", "Processor", "StepContext", "StepOptions", "StepResult", "always", "by_problem", "never"]

@@ -10,12 +10,18 @@ the benchmark item and the n-gram that matched, so a false positive can be seen 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
+from branchmerge.cot.base import Processor, StepContext, StepOptions, StepResult
 from branchmerge.cot.text import words
 from branchmerge.records import Problem, Trace, read_jsonl, write_jsonl
+
+
+class DecontaminateOptions(StepOptions):
+    benchmarks: list[Path] = []  # Problems JSONL files
+    ngram: int = Field(13, gt=0)
 
 
 class Contamination(BaseModel):
@@ -71,14 +77,17 @@ def decontaminate_traces(
 
 
 def run(
-    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+    traces: list[Trace], problems: dict[str, Problem], options: DecontaminateOptions, ctx: StepContext
 ) -> StepResult:
     """Writes every removal to STEM.contamination.jsonl. Without benchmark files there is nothing to check
     against: the step keeps everything and says so in its note."""
-    o = options.decontaminate
+    o = options
     if not o.benchmarks:
         return StepResult(kept=traces, note="skipped: no benchmark files given")
     items = [p for f in o.benchmarks for p in read_jsonl(f, Problem)]
     kept, removed, found = decontaminate_traces(traces, problems, items, o.ngram)
     write_jsonl(ctx.side("contamination.jsonl"), found)
     return StepResult(kept=kept, removed=removed, note=f"{len(items)} benchmark items, {o.ngram}-grams")
+
+
+PROCESSOR = Processor("decontaminate", DecontaminateOptions, run)

@@ -13,14 +13,19 @@ from __future__ import annotations
 from collections import Counter
 
 from datasketch import MinHash, MinHashLSH
+from pydantic import Field
 
-from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
+from branchmerge.cot.base import Processor, StepContext, StepOptions, StepResult
 from branchmerge.cot.text import normalize, words
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, Trace
 
 NUM_PERM = 128
 MAX_THRESHOLD = 0.98  # above this, datasketch cannot split 128 permutations into >= 2 bands
+
+
+class DedupOptions(StepOptions):
+    threshold: float = Field(0.8, gt=0, le=MAX_THRESHOLD)
 
 
 def shingles(text: str, n: int = 3) -> set[str]:
@@ -75,7 +80,10 @@ def dedup_traces(
 
 
 def run(
-    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+    traces: list[Trace], problems: dict[str, Problem], options: DedupOptions, ctx: StepContext
 ) -> StepResult:
-    kept, removed, _ = dedup_traces(traces, problems, options.dedup.threshold)
+    kept, removed, _ = dedup_traces(traces, problems, options.threshold)
     return StepResult(kept=kept, removed=removed)
+
+
+PROCESSOR = Processor("dedup", DedupOptions, run)

@@ -1,6 +1,6 @@
 """difficulty: label every trace easy / medium / hard by its problem's difficulty (DistilQwen's grading step).
 
-Two ways, chosen by `options.difficulty.method`:
+Two ways, chosen by `DifficultyOptions.method`:
 - judge: an LLM reads the problem (and its reference answer) and answers `<difficulty>LEVEL</difficulty>`
   (prompt `prompts/difficulty.vN.txt`). One request per problem, shared by all its traces.
 - student: the student itself answers each problem k times; its pass rate under the problem's grader sets the
@@ -14,22 +14,42 @@ with `difficulty=None`, counted as flagged; each verdict, parsed or not, goes to
 from __future__ import annotations
 
 from collections import Counter
+from typing import Literal
 
-from branchmerge.cot.base import LEVELS, ProcessOptions, StepContext, StepResult, by_problem
-from branchmerge.cot.judge import ask, load_template, parse_label, verdict
+from pydantic import Field, model_validator
+
+from branchmerge.cot.base import LEVELS, Processor, StepContext, StepOptions, StepResult, by_problem
 from branchmerge.errors import BranchmergeError
 from branchmerge.graders import grade_many
+from branchmerge.judge.calls import ask, load_template, parse_label, verdict
 from branchmerge.records import Problem, Trace, Verdict, read_jsonl, write_jsonl
 
 
-def judge_levels(problems: list[Problem], ctx: StepContext, options: ProcessOptions) -> list[Verdict]:
+class DifficultyOptions(StepOptions):
+    # judge: an LLM rates each problem easy/medium/hard. student: the student answers each problem k times;
+    # a pass rate >= easy_at is easy, <= hard_at is hard, anything between medium.
+    method: Literal["judge", "student"] = "judge"
+    k: int = Field(8, gt=0)
+    temperature: float = Field(0.6, ge=0)
+    max_tokens: int = Field(4096, gt=0)
+    easy_at: float = Field(0.8, ge=0, le=1)
+    hard_at: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DifficultyOptions:
+        if self.hard_at >= self.easy_at:
+            raise ValueError(f"hard_at {self.hard_at} must be below easy_at {self.easy_at}")
+        return self
+
+
+def judge_levels(problems: list[Problem], ctx: StepContext, o: DifficultyOptions) -> list[Verdict]:
     """One verdict per problem from the judge."""
     if ctx.judge is None:
         raise BranchmergeError("difficulty (method judge) needs a judge endpoint")
     template = load_template("difficulty")
     ids = {f"{template.tag}:{p.id}": p for p in problems}
     prompts = {rid: template.render(question=p.question, reference=p.reference) for rid, p in ids.items()}
-    answers = ask(prompts, ctx.judge, ctx.cache, options.judging, ctx.show_progress)
+    answers = ask(prompts, ctx.judge, ctx.cache, ctx.judging, ctx.show_progress)
     return [
         verdict(
             "difficulty", template, p.id, answers.get(rid), lambda a: parse_label(a, "difficulty", LEVELS)
@@ -43,7 +63,7 @@ def level_from_pass_rate(passed: int, k: int, easy_at: float, hard_at: float) ->
     return "easy" if rate >= easy_at else "hard" if rate <= hard_at else "medium"
 
 
-def student_levels(problems: list[Problem], ctx: StepContext, options: ProcessOptions) -> list[Verdict]:
+def student_levels(problems: list[Problem], ctx: StepContext, o: DifficultyOptions) -> list[Verdict]:
     """One verdict per problem from k student answers graded against the reference (cached in
     STEM.student.jsonl, so a rerun samples nothing again). Failed requests do not count as wrong answers: a
     problem with any failed sample gets no level."""
@@ -51,7 +71,6 @@ def student_levels(problems: list[Problem], ctx: StepContext, options: ProcessOp
 
     if ctx.student is None:
         raise BranchmergeError("difficulty (method student) needs the student's endpoint")
-    o = options.difficulty
     cache = ctx.side("student.jsonl")
     generate_traces(
         problems,
@@ -59,9 +78,9 @@ def student_levels(problems: list[Problem], ctx: StepContext, options: ProcessOp
         cache,
         n=o.k,
         temperatures=(o.temperature,),
-        top_p=options.judging.top_p,
+        top_p=ctx.judging.top_p,
         max_tokens=o.max_tokens,
-        seed=options.judging.seed,
+        seed=ctx.judging.seed,
         retry_errors=cache.exists(),
         show_progress=ctx.show_progress,
     )
@@ -89,10 +108,10 @@ def student_levels(problems: list[Problem], ctx: StepContext, options: ProcessOp
 
 
 def run(
-    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+    traces: list[Trace], problems: dict[str, Problem], options: DifficultyOptions, ctx: StepContext
 ) -> StepResult:
     asked = [problems[pid] for pid in by_problem(traces)]
-    find = judge_levels if options.difficulty.method == "judge" else student_levels
+    find = judge_levels if options.method == "judge" else student_levels
     verdicts = find(asked, ctx, options)
     write_jsonl(ctx.side("verdicts.jsonl"), verdicts)
     level = {v.target: v.value for v in verdicts}
@@ -102,3 +121,10 @@ def run(
         result.flagged[f"no difficulty (why: {ctx.side('verdicts.jsonl').name})"] = unlabelled
     result.note = ", ".join(f"{lvl} {sum(t.difficulty == lvl for t in result.kept)}" for lvl in LEVELS)
     return result
+
+
+def _asks_the_judge(options: DifficultyOptions) -> bool:
+    return options.method == "judge"
+
+
+PROCESSOR = Processor("difficulty", DifficultyOptions, run, needs_reference=True, needs_judge=_asks_the_judge)

@@ -1,6 +1,8 @@
-"""The processor registry, the two DistilQwen presets, and `process_traces`, which runs a chain of steps.
+"""The processor registry, every step's options in one model, the two DistilQwen presets, and `process_traces`,
+which runs a chain of steps. Adding a processor: its module (options model, `run`, `PROCESSOR`), one entry in
+`PROCESSORS` and one field of `ProcessOptions` (a test keeps the two in step).
 
-Presets (DESIGN.md point 3):
+Presets (README.md, "Using the parts one by one", `process`):
 - slow-thinking (DistilQwen2.5-R1): verify, dedup, decontaminate, difficulty, rewrite. The output carries
   `difficulty`, ready for a curriculum (medium first, then hard).
 - adaptive-thinking (OmniThought / DistilQwen-ThoughtY): verify, dedup, decontaminate, rv_cd, sample. The
@@ -13,31 +15,58 @@ so a rerun after a crash asks the judge only what it had not answered.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 from branchmerge.cot import decontaminate, dedup, difficulty, rewrite, rv_cd, sample, verify
-from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
+from branchmerge.cot.base import Processor, StepContext, StepOptions
 from branchmerge.cot.counts import StepCounts, count_step
+from branchmerge.cot.decontaminate import DecontaminateOptions
+from branchmerge.cot.dedup import DedupOptions
+from branchmerge.cot.difficulty import DifficultyOptions
+from branchmerge.cot.rewrite import RewriteOptions
+from branchmerge.cot.sample import SampleSpec
+from branchmerge.cot.verify import VerifyOptions
 from branchmerge.errors import BranchmergeError
+from branchmerge.judge.calls import JudgeSettings
 from branchmerge.records import Problem, Trace, write_jsonl
 
-Processor = Callable[[list[Trace], dict[str, Problem], ProcessOptions, StepContext], StepResult]
-
 PROCESSORS: dict[str, Processor] = {
-    "verify": verify.run,
-    "dedup": dedup.run,
-    "decontaminate": decontaminate.run,
-    "difficulty": difficulty.run,
-    "rv_cd": rv_cd.run,
-    "rewrite": rewrite.run,
-    "sample": sample.run,
+    p.name: p
+    for p in (
+        verify.PROCESSOR,
+        dedup.PROCESSOR,
+        decontaminate.PROCESSOR,
+        difficulty.PROCESSOR,
+        rv_cd.PROCESSOR,
+        rewrite.PROCESSOR,
+        sample.PROCESSOR,
+    )
 }
+
+
+class ProcessOptions(StepOptions):
+    """Every step's settings, one section per processor with options; a recipe's `process:` section and the
+    CLI's options both fill this."""
+
+    verify: VerifyOptions = VerifyOptions()
+    dedup: DedupOptions = DedupOptions()
+    decontaminate: DecontaminateOptions = DecontaminateOptions()
+    difficulty: DifficultyOptions = DifficultyOptions()
+    rewrite: RewriteOptions = RewriteOptions()
+    sample: SampleSpec = SampleSpec()
+    judging: JudgeSettings = JudgeSettings()  # sampling of judge calls (the judge itself is an endpoint)
+
+    def of(self, step: str) -> StepOptions | None:
+        """The options section of `step`, or None for a processor without settings."""
+        return getattr(self, step) if PROCESSORS[step].options is not None else None
+
+
 PRESETS: dict[str, list[str]] = {
     "slow-thinking": ["verify", "dedup", "decontaminate", "difficulty", "rewrite"],
     "adaptive-thinking": ["verify", "dedup", "decontaminate", "rv_cd", "sample"],
 }
-NEEDS_JUDGE = {"rv_cd", "rewrite"}
 
 
 def resolve_steps(spec: str | list[str]) -> list[str]:
@@ -59,9 +88,7 @@ def check_ready(steps: list[str], options: ProcessOptions, ctx: StepContext) -> 
     if steps == ["decontaminate"] and not options.decontaminate.benchmarks:
         raise BranchmergeError("decontaminate: name the benchmark files (--benchmark FILE)")
     if ctx.judge is None:
-        needing = [s for s in steps if s in NEEDS_JUDGE]
-        if "difficulty" in steps and options.difficulty.method == "judge":
-            needing.append("difficulty")
+        needing = [s for s in steps if PROCESSORS[s].needs_judge(options.of(s))]
         if needing:
             raise BranchmergeError(f"{', '.join(needing)}: needs a judge endpoint (none was given)")
     if "difficulty" in steps and options.difficulty.method == "student" and ctx.student is None:
@@ -90,9 +117,11 @@ def process_traces(
     all_counts = []
     for i, step in enumerate(steps, start=1):
         stem = f"{i:02d}-{step}" if chain else out.stem
-        ctx_i = StepContext(folder, stem, base.judge, base.student, cache, base.show_progress)
+        ctx_i = dataclasses.replace(
+            base, out_dir=folder, stem=stem, judge_cache=cache, judging=options.judging
+        )
         folder.mkdir(parents=True, exist_ok=True)
-        result = PROCESSORS[step](traces, problems, options, ctx_i)
+        result = PROCESSORS[step].run(traces, problems, options.of(step), ctx_i)
         counts = count_step(step, traces, result.kept, problems, result.removed)
         counts.flagged, counts.note, counts.table = dict(result.flagged), result.note, result.table
         write_jsonl(folder / f"{stem}.jsonl" if chain else out, result.kept)

@@ -11,12 +11,19 @@ each outcome is counted and written to `STEM.verdicts.jsonl`.
 
 from __future__ import annotations
 
-from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
-from branchmerge.cot.judge import Template, ask, load_template, trace_key
+from typing import Literal
+
+from branchmerge.cot.base import Processor, StepContext, StepOptions, StepResult, always
 from branchmerge.errors import BranchmergeError
 from branchmerge.graders import grade, needs_reference
+from branchmerge.judge.calls import Template, ask, load_template, trace_key
 from branchmerge.records import Problem, Trace, Verdict, write_jsonl
 from branchmerge.teachers.thinking import THINK_CLOSE, split_reasoning
+
+
+class RewriteOptions(StepOptions):
+    levels: list[Literal["easy", "medium", "hard"]] = ["easy", "hard"]  # DistilQwen rewrites easy and hard
+    keep_original: bool = False  # False: a verified rewrite replaces its original
 
 
 def rewritten(answer: Trace, original: Trace) -> tuple[Trace | None, str | None]:
@@ -65,11 +72,11 @@ def check_rewrite(new: Trace, p: Problem) -> str | None:
 
 
 def run(
-    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+    traces: list[Trace], problems: dict[str, Problem], options: RewriteOptions, ctx: StepContext
 ) -> StepResult:
     if ctx.judge is None:
         raise BranchmergeError("rewrite needs a rewriter endpoint (the judge)")
-    levels = options.rewrite.levels
+    levels = options.levels
     templates = {lvl: load_template(f"rewrite_{lvl}") for lvl in levels}
     chosen: dict[str, tuple[Template, Trace]] = {
         f"{templates[t.difficulty].tag}:{trace_key(t)}": (templates[t.difficulty], t)
@@ -80,7 +87,7 @@ def run(
         rid: tpl.render(question=problems[t.problem_id].question, reasoning=t.reasoning, answer=t.answer)
         for rid, (tpl, t) in chosen.items()
     }
-    answers = ask(prompts, ctx.judge, ctx.cache, options.judging, ctx.show_progress)
+    answers = ask(prompts, ctx.judge, ctx.cache, ctx.judging, ctx.show_progress)
     replaced: dict[str, Trace] = {}  # original key -> verified rewrite
     verdicts: list[Verdict] = []
     result = StepResult(kept=[])
@@ -107,7 +114,7 @@ def run(
             result.flagged[f"{t.difficulty} rewrite dropped, original kept"] += 1
     for t in traces:
         new = replaced.get(trace_key(t))
-        if new is None or options.rewrite.keep_original:
+        if new is None or options.keep_original:
             result.kept.append(t)
         if new is not None:
             result.kept.append(new)
@@ -117,3 +124,6 @@ def run(
         result.flagged["not rewritten: empty reasoning"] = skipped
     result.note = f"levels rewritten: {', '.join(levels)}"
     return result
+
+
+PROCESSOR = Processor("rewrite", RewriteOptions, run, needs_reference=True, needs_judge=always)

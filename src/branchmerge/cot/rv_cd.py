@@ -9,15 +9,13 @@ traces under their own reason when it filters on that score. Every verdict goes 
 
 from __future__ import annotations
 
-from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
-from branchmerge.cot.judge import Template, ask, load_template, parse_score, trace_key, verdict
+from branchmerge.cot.base import Processor, StepContext, StepResult, always
 from branchmerge.errors import BranchmergeError
+from branchmerge.judge.calls import Template, ask, load_template, parse_score, trace_key, verdict
 from branchmerge.records import Problem, Trace, Verdict, write_jsonl
 
 
-def score_traces(
-    traces: list[Trace], problems: dict[str, Problem], ctx: StepContext, options: ProcessOptions
-) -> list[Verdict]:
+def score_traces(traces: list[Trace], problems: dict[str, Problem], ctx: StepContext) -> list[Verdict]:
     """One RV and one CD verdict per trace (targets are trace keys)."""
     if ctx.judge is None:
         raise BranchmergeError("rv_cd needs a judge endpoint")
@@ -29,7 +27,7 @@ def score_traces(
         rid: tpl.render(question=problems[t.problem_id].question, reasoning=t.reasoning, answer=t.answer)
         for rid, (tpl, t) in requests.items()
     }
-    answers = ask(prompts, ctx.judge, ctx.cache, options.judging, ctx.show_progress)
+    answers = ask(prompts, ctx.judge, ctx.cache, ctx.judging, ctx.show_progress)
     empty = [
         Verdict(
             step=tpl.name, template=tpl.tag, judge="", target=trace_key(t), error="empty reasoning: not asked"
@@ -44,10 +42,8 @@ def score_traces(
     ]
 
 
-def run(
-    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
-) -> StepResult:
-    verdicts = score_traces(traces, problems, ctx, options)
+def run(traces: list[Trace], problems: dict[str, Problem], options: None, ctx: StepContext) -> StepResult:
+    verdicts = score_traces(traces, problems, ctx)
     write_jsonl(ctx.side("verdicts.jsonl"), verdicts)
     scores = {(v.step, v.target): v.value for v in verdicts}
     result = StepResult(kept=[])
@@ -58,3 +54,6 @@ def run(
                 result.flagged[f"no {name} score (why: {ctx.side('verdicts.jsonl').name})"] += 1
         result.kept.append(t.model_copy(update={"rv": rv, "cd": cd}))
     return result
+
+
+PROCESSOR = Processor("rv_cd", None, run, needs_judge=always)  # no settings: the rubrics are the prompts

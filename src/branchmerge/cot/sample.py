@@ -14,11 +14,26 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Literal
+
+from pydantic import Field
 
 from branchmerge.collect import draw, targets
-from branchmerge.cot.base import ProcessOptions, SampleSpec, StepContext, StepResult
+from branchmerge.cot.base import Processor, StepContext, StepOptions, StepResult
 from branchmerge.cot.text import trace_length
 from branchmerge.records import Problem, Trace
+
+
+class SampleSpec(StepOptions):
+    """RV/CD bands, per-problem choice, per-domain caps or weighted shares."""
+
+    rv: tuple[int, int] | None = None  # keep L <= rv <= H
+    cd: tuple[int, int] | None = None
+    per_problem: Literal["all", "shortest"] = "all"
+    caps: dict[str, int] = Field(default_factory=dict)
+    weights: dict[str, float] = Field(default_factory=dict)
+    total: int | None = Field(None, gt=0)
+    seed: int = 0
 
 
 def sample_traces(
@@ -71,7 +86,10 @@ def sample_traces(
 
 
 def run(
-    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+    traces: list[Trace], problems: dict[str, Problem], options: SampleSpec, ctx: StepContext
 ) -> StepResult:
-    kept, removed = sample_traces(traces, problems, options.sample)
+    kept, removed = sample_traces(traces, problems, options)
     return StepResult(kept=kept, removed=removed)
+
+
+PROCESSOR = Processor("sample", SampleSpec, run)

@@ -1,6 +1,6 @@
 """verify: grade each trace's answer against its problem's reference; keep the correct ones, count the rest.
 
-Policies (`options.verify.policy`): drop (keep verified traces), keep-flagged (keep every trace, `verified`
+Policies (`VerifyOptions.policy`): drop (keep verified traces), keep-flagged (keep every trace, `verified`
 set), best-of-n (the shortest verified trace of each (problem, teacher): of n samples a teacher wrote, one).
 """
 
@@ -10,12 +10,19 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
-from branchmerge.cot.base import ProcessOptions, StepContext, StepResult
+from branchmerge.cot.base import Processor, StepContext, StepOptions, StepResult
 from branchmerge.cot.text import trace_length
 from branchmerge.errors import BranchmergeError
 from branchmerge.graders import GRADERS, grade_many, needs_reference, unknown_graders
 from branchmerge.records import Problem, Trace
+
+
+class VerifyOptions(StepOptions):
+    # drop: keep verified traces; keep-flagged: keep all, marked; best-of-n: the shortest verified trace of each
+    # (problem, teacher), so n samples per teacher give at most one trace each.
+    policy: Literal["drop", "keep-flagged", "best-of-n"] = "drop"
 
 
 @dataclass
@@ -122,16 +129,16 @@ def best_of_n(traces: list[Trace]) -> list[Trace]:
 
 
 def run(
-    traces: list[Trace], problems: dict[str, Problem], options: ProcessOptions, ctx: StepContext
+    traces: list[Trace], problems: dict[str, Problem], options: VerifyOptions, ctx: StepContext
 ) -> StepResult:
-    policy = options.verify.policy
+    policy = options.policy
     with contextlib.ExitStack() as stack:
         if (
             ctx.judge is not None
         ):  # judge-graded problems (mdr scenario / ethics) are graded by the step's judge
-            from branchmerge.graders.judge import judging
+            from branchmerge.judge import judging
 
-            stack.enter_context(judging(ctx.judge, ctx.cache, options.judging))
+            stack.enter_context(judging(ctx.judge, ctx.cache, ctx.judging))
         marked, report = verify_traces(traces, problems, keep_all=True)
     result = StepResult(kept=marked, note=f"policy {policy}", table=report.rows())
     reasons = Counter[str]()
@@ -147,3 +154,7 @@ def run(
         result.removed["not the best of its teacher's samples"] = len(result.kept) - len(best)
         result.kept = best
     return result
+
+
+# judge-graded problems (mdr scenario / ethics) use the process judge when one is given; verify runs without one
+PROCESSOR = Processor("verify", VerifyOptions, run, needs_reference=True)

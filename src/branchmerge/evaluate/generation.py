@@ -34,7 +34,8 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from branchmerge.records import Problem, Trace, append_jsonl, read_jsonl
-from branchmerge.teachers.client import agenerate, repair_tail, request_seed
+from branchmerge.records.repair import repair_tail
+from branchmerge.teachers.client import agenerate, request_seed
 from branchmerge.teachers.config import TeacherConfig
 
 STOP_POLL_S = 0.1  # how often requests in flight check whether they should stop

@@ -25,7 +25,7 @@ from branchmerge.errors import BranchmergeError
 from branchmerge.evaluate.generation import Counter, Generate, Sampling, is_truncated
 from branchmerge.graders import Grade, grade_many
 from branchmerge.records import EvalSample, Problem, Trace, append_jsonl, read_jsonl, write_jsonl
-from branchmerge.teachers.client import drop_error_traces, repair_tail
+from branchmerge.records.repair import drop_error_traces, repair_tail
 
 TRUNCATED = "truncated"
 POLL_S = 0.1  # how often the grader looks for new completions

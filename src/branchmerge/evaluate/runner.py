@@ -31,7 +31,7 @@ from branchmerge.evaluate.generation import (
 )
 from branchmerge.evaluate.grading import generate_and_grade, outputs_path, truncation_rate
 from branchmerge.graders import GRADERS, unknown_graders
-from branchmerge.graders.judge import judge_configured, judging
+from branchmerge.judge import judge_configured, judging
 from branchmerge.records import EvalSample, Problem
 from branchmerge.teachers.config import TeacherConfig
 

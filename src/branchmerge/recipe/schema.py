@@ -8,7 +8,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from branchmerge.cot.base import ProcessOptions
+from branchmerge.cot.registry import ProcessOptions
 from branchmerge.errors import BranchmergeError, validation_error
 from branchmerge.recipe.specs import (
     EvalSpec,

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from branchmerge.cot.base import ProcessOptions, StepContext
-from branchmerge.cot.registry import process_traces, resolve_steps
+from branchmerge.cot.base import StepContext
+from branchmerge.cot.registry import ProcessOptions, process_traces, resolve_steps
 from branchmerge.evaluate.runner import evaluate_model
 from branchmerge.evaluate.stats import accuracy_table
 from branchmerge.recipe.schema import BuildSFTSpec, GenerateSpec, ProcessSpec, TeacherSpec

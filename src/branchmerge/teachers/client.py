@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
 import random
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -36,7 +34,8 @@ from rich.progress import (
 )
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.records import Problem, Trace, append_jsonl, read_jsonl, write_jsonl
+from branchmerge.records import Problem, Trace, append_jsonl, read_jsonl
+from branchmerge.records.repair import drop_error_traces, repair_tail
 from branchmerge.teachers.config import TeacherConfig, validate_teachers
 from branchmerge.teachers.pool import EndpointPool
 from branchmerge.teachers.thinking import split_reasoning
@@ -116,38 +115,6 @@ def request_seed(seed: int, problem_id: str, temperature_index: int) -> int:
     """A seed per request, stable across runs and machines (Python's `hash` is salted per process)."""
     digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{temperature_index}".encode()).digest()
     return int.from_bytes(digest[:4], "big") >> 1  # 31 bits: every server accepts it, and seed + j still fits
-
-
-def repair_tail(path: Path) -> None:
-    """Make the file end at a line boundary, so appended lines never glue onto a torn one.
-
-    A last line without a newline is kept (and terminated) if it is valid JSON, exactly as `read_jsonl` keeps
-    it; otherwise it is a crash mid-write and is cut off, exactly as `read_jsonl` drops it.
-    """
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        start = size
-        while start > 0:  # scan backwards for the last newline, 64 KiB at a time
-            step = min(65536, start)
-            f.seek(start - step)
-            chunk = f.read(step)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                start = start - step + nl + 1
-                break
-            start -= step
-        if start == size:
-            return
-        f.seek(start)
-        tail = f.read()
-        try:
-            json.loads(tail)
-        except ValueError:
-            f.truncate(start)
-        else:
-            f.write(b"\n")
 
 
 def _plan(
@@ -334,19 +301,6 @@ def _existing_keys(out_path: Path) -> set[tuple[str, str, int]]:
     if not out_path.exists():
         return set()
     return {t.key for t in read_jsonl(out_path, Trace)}
-
-
-def drop_error_traces(out_path: Path, teachers: Collection[str]) -> int:
-    """Rewrite the file without these teachers' error traces (atomically), so their keys are asked again;
-    returns how many were dropped. A crash after this only means those keys are still missing."""
-    repair_tail(out_path)
-    if not out_path.exists():
-        return 0
-    traces = read_jsonl(out_path, Trace)
-    keep = [t for t in traces if t.error is None or t.teacher not in teachers]
-    if len(keep) < len(traces):
-        write_jsonl(out_path, keep)
-    return len(traces) - len(keep)
 
 
 def _progress(show: bool) -> Progress:

@@ -1,5 +1,5 @@
 """mdr domain `ethics`: ethical dilemma evaluation, graded by an LLM judge against a written rubric (grader
-`judge`; see graders/judge.py).
+`judge`; see judge/rubric.py).
 
 The rubric grades the reasoning, never the verdict: an answer passes when it identifies the stakeholders, names
 the principles in tension, weighs them for this case, and reaches a conclusion it justifies, whatever that
@@ -15,7 +15,7 @@ import random
 
 from branchmerge.evaluate.mdr.base import Domain, register
 from branchmerge.evaluate.mdr.scenario import rubric_text
-from branchmerge.graders.judge import judge_spec
+from branchmerge.judge import judge_spec
 from branchmerge.records import Problem
 
 NAME = "ethics"

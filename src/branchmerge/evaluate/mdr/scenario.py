@@ -1,5 +1,5 @@
 """mdr domain `scenario`: complex scenario analysis, graded by an LLM judge against a written rubric per item
-(grader `judge`; see graders/judge.py for how the judge is configured, pinned and cached).
+(grader `judge`; see judge/rubric.py for how the judge is configured, pinned and cached).
 
 Each item is a situation an organisation faces and a request for an analysis and a recommendation. The rubric
 lists what a passing answer must do; the `reference` holds notes on what a strong answer may contain, which the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 
 from branchmerge.evaluate.mdr.base import Domain, register
-from branchmerge.graders.judge import judge_spec
+from branchmerge.judge import judge_spec
 from branchmerge.records import Problem
 
 NAME = "scenario"

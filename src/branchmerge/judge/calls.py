@@ -1,5 +1,5 @@
-"""Judge calls for the LLM-scored processors (difficulty, rv_cd, rewrite): versioned prompts, cached answers,
-parsing that never guesses.
+"""Judge calls for the LLM-scored processors (difficulty, rv_cd, rewrite) and the rubric judge (`rubric.py`):
+versioned prompts, cached answers, parsing that never guesses.
 
 Every request goes through the teachers client. A judge request is a Problem whose id names the prompt template
 with its version and the thing judged (`rv.v1:p7|teacher-a|0`) and whose question is the rendered prompt; the
