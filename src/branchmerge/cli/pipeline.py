@@ -110,7 +110,8 @@ def merge(
     ] = None,
 ) -> None:
     """Merge checkpoints tensor by tensor from a mergekit YAML (linear, slerp, task_arithmetic, ties, dare_ties,
-    dare_linear, model_stock, arcee_fusion, arcee_fusion_mergekit).
+    dare_linear, model_stock, arcee_fusion, arcee_fusion_mergekit; and, from each model's own calibration
+    examples, regmean and fisher).
 
     Example: branchmerge merge slerp.yaml ./merged   (or: branchmerge merge slerp.yaml --explain)
     """
