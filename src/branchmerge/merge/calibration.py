@@ -15,9 +15,10 @@ examples per model, runs the model on `device` (CPU by default) and computes wha
 the examples file's sha256, the domain and the settings, so a rerun, or another merge of the same experts,
 reads them back instead of recomputing. Each cache file is written to a temporary name and renamed.
 
-Memory: the statistics are read one tensor at a time during the merge. On disk, RegMean's Gram matrices take
-d_in^2 floats per linear layer (Qwen3-4B: about 0.5 GB per layer and model, most of it down_proj's); the Fisher
-takes one float per weight.
+Memory: the statistics are read one tensor at a time during the merge, beside the weights. On disk and while
+they are computed, RegMean's Gram matrices take d_in^2 floats per linear layer (Qwen3-4B: about 0.5 GB per layer
+and model, most of it down_proj's) and the Fisher one float per weight. These methods hold each tensor whole:
+they do not stream the way the weight-only methods do.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The statistics the data-aware merges read from a model run on its own calibration examples.
 
 - `gram_statistics` (RegMean, `methods/regmean.py`): for every nn.Linear, G = X^T X / N over the N non-padding
-  tokens of the examples, X being the layer's inputs (a forward hook sees them). Accumulated in float64.
+  tokens of the examples, X being the layer's inputs (a forward hook sees them). Accumulated in fp32 on the
+  model's device: all of a model's Gram matrices are held at once (Qwen3-4B: about 18 GB, most of it down_proj's
+  9728 x 9728 per layer), so large models want `--device cuda`.
 - `fisher_statistics` (Fisher averaging, `methods/fisher.py`): for every parameter, the mean over examples of the
   squared gradient of log p(y | x), the log-likelihood of the example's assistant tokens given everything
   before them (the labels SFT trains on). One backward per example: the empirical Fisher squares per-example
@@ -56,7 +58,7 @@ def gram_statistics(
 
     def hook(name: str) -> Callable[..., None]:
         def accumulate(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x = args[0].reshape(-1, args[0].shape[-1])[keep].double()  # tokens x d_in
+            x = args[0].reshape(-1, args[0].shape[-1])[keep].float()  # tokens x d_in
             sums[name] += x.T @ x
 
         return accumulate
@@ -65,7 +67,7 @@ def gram_statistics(
         name = f"{module_name}.weight"
         if isinstance(module, nn.Linear) and name in names:
             d_in = module.in_features
-            sums[name] = torch.zeros(d_in, d_in, dtype=torch.float64, device=device)
+            sums[name] = torch.zeros(d_in, d_in, dtype=torch.float32, device=device)
             hooks.append(module.register_forward_pre_hook(hook(name)))
     tokens = 0
     try:
@@ -80,7 +82,7 @@ def gram_statistics(
     finally:
         for h in hooks:
             h.remove()
-    return {name: (s / tokens).float().cpu() for name, s in sums.items()}, tokens
+    return {name: (s / tokens).cpu() for name, s in sums.items()}, tokens
 
 
 def fisher_statistics(
