@@ -40,7 +40,8 @@ def test_judge_thresholds():
         "the experts moved far from the base (‖δ‖/‖θ‖ up to 0.22 > 0.15)",
     )  # v3-like
     assert judge([0.09, 0.095], 0.16, 0.5, 2, logged)[0] == "risky"  # v2-like
-    assert judge([0.03, 0.03], -0.1, 0.5, 2, logged)[0] == "risky"
+    assert judge([0.03, 0.03], -0.15, 0.5, 2, logged)[0] == "risky"
+    assert judge([0.03, 0.03], -0.02, 0.5, 2, logged)[0] == "likely"  # orthogonal experts are fine
     assert judge([0.03, 0.03], -0.5, 0.5, 2, logged)[0] == "unlikely"
     assert judge([0.03, 0.03, 0.03], 0.2, 0.95, 3, {**logged, "c": 0})[0] == "risky"  # chance is 0.75
     assert judge([0.03, 0.03, 0.03], 0.2, 0.85, 3, {**logged, "c": 0})[0] == "likely"

@@ -18,8 +18,9 @@ large deltas (v3: 0.19-0.23, every merge 0-8%), with mid-sized LoRA deltas that 
 with small deltas that forgot (v1: 0.036-0.041, experts 10-17 points below the base off-domain):
   - delta size (largest expert, whole model): > DELTA_UNLIKELY (0.15) unlikely (v3); > DELTA_RISKY (0.085)
     risky (above every variant that merged; v2 failed at 0.089);
-  - mean cosine: < COS_RISKY (0) risky, < COS_UNLIKELY (-0.3) unlikely: opposed task vectors cancel in an
-    average (no variant had them: all were 0.15-0.70);
+  - mean cosine: < COS_RISKY (-0.1) risky, < COS_UNLIKELY (-0.3) unlikely: opposed task vectors cancel in an
+    average (no variant had them: all were 0.15-0.70). Near 0 is fine: TinyR1's Branch-Merge expects experts
+    to update nearly orthogonal directions;
   - sign conflicts above SIGN_RISKY (1.2) times chance: risky (not measured on the variants; a rate above
     chance means the experts push the same coordinates apart);
   - forgetting (largest expert): > FORGET_UNLIKELY (0.20) unlikely, > FORGET_RISKY (0.05) risky. Provisional:
@@ -44,7 +45,7 @@ from branchmerge.merge.forgetting import forgetting, read_offdomain_loss
 Verdict = Literal["likely", "risky", "unlikely"]
 
 DELTA_RISKY, DELTA_UNLIKELY = 0.085, 0.15
-COS_RISKY, COS_UNLIKELY = 0.0, -0.3
+COS_RISKY, COS_UNLIKELY = -0.1, -0.3
 SIGN_RISKY = 1.2
 FORGET_RISKY, FORGET_UNLIKELY = 0.05, 0.20
 SAME_COS = 0.95
@@ -71,7 +72,7 @@ class Mergeability:
             parts.append(f"mean cos {self.mean_cosine:.2f}")
             parts.append(f"sign conflicts {self.sign_conflict:.0%} (chance {self.sign_conflict_chance:.0%})")
         if self.forgetting:
-            parts.append("off-domain loss " + ", ".join(f"{e} {v:+.0%}" for e, v in self.forgetting.items()))
+            parts.append("off-domain loss " + ", ".join(f"{e} {v:+.1%}" for e, v in self.forgetting.items()))
         else:
             parts.append("off-domain loss not logged")
         return "; ".join(parts)
@@ -131,7 +132,7 @@ def judge(
     worst_rise = max(forgetting.values())
     return (
         "likely",
-        f"small task vectors (‖δ‖/‖θ‖ ≤ {delta:.3f}) and little forgetting (off-domain loss ≤ {worst_rise:+.0%})",
+        f"small task vectors (‖δ‖/‖θ‖ ≤ {delta:.3f}) and little forgetting (off-domain loss ≤ {worst_rise:+.1%})",
         findings,
     )
 
