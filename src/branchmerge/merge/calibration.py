@@ -153,10 +153,16 @@ def compute_statistics(
     from branchmerge.merge.search_score import encode_examples
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    encoded = [
-        (ids[: s.max_length], labels[: s.max_length])
-        for ids, labels in encode_examples(tokenizer, examples, field)
-    ]
+    if kind == "gram":  # every token's inputs count; no labels needed (nor a template that marks them)
+        encoded: list[tuple[list[int], list[int]]] = []
+        for e in examples:
+            enc: Any = tokenizer.apply_chat_template(e.messages, tokenize=True, return_dict=True)
+            encoded.append((list(enc["input_ids"])[: s.max_length], []))
+    else:  # the log-likelihood of the assistant tokens, the labels SFT trains on
+        encoded = [
+            (ids[: s.max_length], labels[: s.max_length])
+            for ids, labels in encode_examples(tokenizer, examples, field)
+        ]
     model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.to(device).eval()
     task = progress.add_task(f"{kind} {model_dir.name}", total=len(encoded)) if progress else None

@@ -7,7 +7,7 @@
 - `fisher_statistics` (Fisher averaging, `methods/fisher.py`): for every parameter, the mean over examples of the
   squared gradient of log p(y | x), the log-likelihood of the example's assistant tokens given everything
   before them (the labels SFT trains on). One backward per example: the empirical Fisher squares per-example
-  gradients, which a batch gradient would not give.
+  gradients, which a batch gradient would not give. So it costs one forward and backward per example.
 
 Both take examples already encoded as (input_ids, labels) with labels = IGNORE outside the assistant turns
 (`search_score.encode_examples`), and return fp32 tensors keyed by the checkpoint's tensor names.
