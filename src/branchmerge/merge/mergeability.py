@@ -174,7 +174,9 @@ def mergeability(
 
 def config_mergeability(config: MergeConfig, *, show_progress: bool = False) -> Mergeability | None:
     """The mergeability of a config's models against its base_model; None when it names no base_model, no
-    other model, or a folder that does not exist yet (a later step of a sequence)."""
+    other model, or a folder that does not exist yet (a later step of a sequence). Where the base_model is one
+    of the experts (SLERP, Arcee Fusion) this measures the other expert's distance from it, not from the
+    common base: call `mergeability(base, experts)` for that."""
     if config.base_model is None:
         return None
     base = Path(config.base_model).expanduser()
