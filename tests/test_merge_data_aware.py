@@ -61,6 +61,13 @@ def test_regmean_alpha_shrinks_off_diagonals_and_zero_gives_a_feature_weighted_a
     assert same[0].tolist() == pytest.approx(W1[0].tolist())
 
 
+def test_regmean_input_feature_no_token_activates_gets_the_average():
+    W1, W2 = torch.tensor([[1.0, 5.0]]), torch.tensor([[4.0, 7.0]])
+    G1, G2 = torch.diag(torch.tensor([1.0, 0.0])), torch.diag(torch.tensor([2.0, 0.0]))
+    # feature 0: (1*1 + 2*4) / 3 = 3; feature 1 (never active): (5 + 7) / 2 = 6
+    assert regmean([W1, W2], [G1, G2], alpha=1.0)[0].tolist() == pytest.approx([3.0, 6.0])
+
+
 def test_regmean_weights_scale_each_gram():
     W1, W2 = torch.tensor([[1.0]]), torch.tensor([[4.0]])
     G = torch.tensor([[2.0]])

@@ -17,7 +17,8 @@ per-model weights lambda_i (default 1) each G_i is scaled by lambda_i.
 Here G_i is the *mean* X_i^T X_i per calibration token (`calibration.py`), so an expert whose examples are
 longer does not weigh more; with equal token counts that is eq. (2)'s G_i up to a common factor, which cancels.
 
-Only nn.Linear weights have a Gram matrix. Every other tensor (embeddings, norms, biases, a tied lm_head) falls
+An input feature that no calibration token activates (a zero row and column in every G_i) gets the weighted
+average of its weights. Only nn.Linear weights have a Gram matrix. Every other tensor (embeddings, norms, biases, a tied lm_head) falls
 back to the plain weighted average sum_i lambda_i theta_i / sum_i lambda_i, as in the paper.
 
 YAML: global `alpha` (default 0.9), per-model `weight` (default 1). Every model needs a `calibration:` source.
@@ -48,15 +49,19 @@ def regmean(
     """Eq. (2) with eq. (3), for torch `nn.Linear` weights (d_out x d_in) and the Gram matrices (d_in x d_in)
     of their inputs. Solved in float64, returned in fp32."""
     lambdas = lambdas if lambdas is not None else [1.0] * len(weights)
+    # An input feature no calibration token activates has a zero row and column in every G_i, so eq. (2) says
+    # nothing about its weights: a 1 on its diagonal decouples it and gives it the weighted average instead.
+    unused = torch.stack([torch.diagonal(G_i) for G_i in grams]).sum(0) == 0
     G_sum = torch.zeros_like(grams[0], dtype=torch.float64)
     GW_sum = torch.zeros(weights[0].shape[1], weights[0].shape[0], dtype=torch.float64)  # d_in x d_out
     for W_i, G_i, lambda_i in zip(weights, grams, lambdas, strict=True):
-        G_i = lambda_i * reduce_off_diagonal(G_i.double(), alpha)
+        G_i = reduce_off_diagonal(G_i.double(), alpha) + torch.diag(unused.double())
+        G_i = lambda_i * G_i
         G_sum += G_i
         GW_sum += G_i @ W_i.double().T  # the paper's W_i is torch's weight transposed
     W_star, info = torch.linalg.solve_ex(G_sum, GW_sum)
-    if int(info) != 0:  # an input feature no calibration token activates leaves G_sum singular:
-        W_star = torch.linalg.lstsq(G_sum, GW_sum).solution  # the least-squares solution
+    if int(info) != 0:  # inputs that are exactly linearly dependent: the least-squares solution
+        W_star = torch.linalg.lstsq(G_sum, GW_sum).solution
     return W_star.T.float()
 
 
