@@ -1,10 +1,10 @@
 """Fisher-weighted averaging: each coordinate averaged with weights that say how much each expert relies on it.
 
-Matena & Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS 2022, eq. (3) with the diagonal
-Fisher of Sec. 2.2:
+Matena & Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS 2022: the weighted average with the
+diagonal Fisher as weights (equations numbered here, not as in the paper):
 
-    theta*_j = sum_i lambda_i F_i,j theta_i,j / sum_i lambda_i F_i,j                               (3)
-    F_i = (1/N) sum_n (grad_theta log p_theta_i(y_n | x_n))^2       (diagonal, elementwise square)
+    theta*_j = sum_i lambda_i F_i,j theta_i,j / sum_i lambda_i F_i,j                               (1)
+    F_i = (1/N) sum_n (grad_theta log p_theta_i(y_n | x_n))^2       (diagonal, elementwise square)  (2)
 
 F_i is the empirical Fisher: the gradient of the log-likelihood of expert i's own calibration examples (the
 assistant tokens given the prompt; `calibration.py`), squared per example and averaged. lambda_i are per-model
@@ -34,7 +34,7 @@ def fisher_merge(
     epsilon: float = 1e-6,
     lambdas: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """Eq. (3) in fp32, with every F_i floored at epsilon."""
+    """(1) in fp32, with every F_i floored at epsilon."""
     lambdas = lambdas if lambdas is not None else [1.0] * len(thetas)
     num = torch.zeros_like(thetas[0], dtype=torch.float32)
     den = torch.zeros_like(num)

@@ -1,27 +1,28 @@
 """RegMean: the merge of each linear layer that best reproduces every expert's outputs on its own inputs.
 
-Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models", ICLR 2023, Sec. 3. For a linear
-layer y = x W (W: d_in x d_out, the transpose of torch's `nn.Linear.weight`) and expert i's inputs X_i (tokens x
-d_in), minimising sum_i ||X_i W - X_i W_i||^2 gives
+Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models", ICLR 2023 (equations numbered
+here, not as in the paper). For a linear layer y = x W (W: d_in x d_out, the transpose of torch's
+`nn.Linear.weight`) and expert i's inputs X_i (tokens x d_in), minimising sum_i ||X_i W - X_i W_i||^2 gives
 
-    W* = (sum_i G_i)^-1 sum_i G_i W_i,      G_i = X_i^T X_i                                  (eq. 2)
+    W* = (sum_i G_i)^-1 sum_i G_i W_i,      G_i = X_i^T X_i                                  (1)
 
 and, to keep the sum invertible and the merge from over-fitting the calibration inputs, the paper shrinks the
-off-diagonal entries of every Gram matrix by alpha in [0, 1] (Sec. 3.3):
+off-diagonal entries of every Gram matrix by alpha in [0, 1]:
 
-    G_i <- alpha G_i + (1 - alpha) diag(G_i)                                                 (eq. 3)
+    G_i <- alpha G_i + (1 - alpha) diag(G_i)                                                 (2)
 
-alpha = 1 is eq. (2) exactly; alpha = 0 keeps only the diagonal, a per-input-feature weighted average. With
+alpha = 1 is (1) exactly; alpha = 0 keeps only the diagonal, a per-input-feature weighted average. With
 per-model weights lambda_i (default 1) each G_i is scaled by lambda_i.
 
 Here G_i is the *mean* X_i^T X_i per calibration token (`calibration.py`), so an expert whose examples are
-longer does not weigh more; with equal token counts that is eq. (2)'s G_i up to a common factor, which cancels.
+longer does not weigh more; with equal token counts that is (1)'s G_i up to a common factor, which cancels.
 
 An input feature that no calibration token activates (a zero row and column in every G_i) gets the weighted
-average of its weights. Only nn.Linear weights have a Gram matrix. Every other tensor (embeddings, norms, biases, a tied lm_head) falls
-back to the plain weighted average sum_i lambda_i theta_i / sum_i lambda_i, as in the paper.
+average of its weights. Only nn.Linear weights have a Gram matrix: every other tensor (embeddings, norms,
+biases, a tied lm_head) falls back to the plain weighted average sum_i lambda_i theta_i / sum_i lambda_i, as in
+the paper.
 
-YAML: global `alpha` (default 0.9), per-model `weight` (default 1). Every model needs a `calibration:` source.
+YAML: global `alpha` (default 0.9; the paper tunes it per task), per-model `weight` (default 1). Every model needs a `calibration:` source.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from branchmerge.merge.methods.linear import linear
 
 
 def reduce_off_diagonal(G: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Eq. (3): alpha G + (1 - alpha) diag(G)."""
+    """(2): alpha G + (1 - alpha) diag(G)."""
     return alpha * G + (1 - alpha) * torch.diag(torch.diagonal(G))
 
 
@@ -46,10 +47,10 @@ def regmean(
     alpha: float = 0.9,
     lambdas: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """Eq. (2) with eq. (3), for torch `nn.Linear` weights (d_out x d_in) and the Gram matrices (d_in x d_in)
+    """(1) with (2), for torch `nn.Linear` weights (d_out x d_in) and the Gram matrices (d_in x d_in)
     of their inputs. Solved in float64, returned in fp32."""
     lambdas = lambdas if lambdas is not None else [1.0] * len(weights)
-    # An input feature no calibration token activates has a zero row and column in every G_i, so eq. (2) says
+    # An input feature no calibration token activates has a zero row and column in every G_i, so (1) says
     # nothing about its weights: a 1 on its diagonal decouples it and gives it the weighted average instead.
     unused = torch.stack([torch.diagonal(G_i) for G_i in grams]).sum(0) == 0
     G_sum = torch.zeros_like(grams[0], dtype=torch.float64)
@@ -83,7 +84,7 @@ METHOD = MergeMethod(
     apply=_apply,
     params={
         "alpha": ParamSpec(
-            default=0.9, low=0.0, high=1.0, help="scale of the Gram matrices' off-diagonal entries (eq. 3)"
+            default=0.9, low=0.0, high=1.0, help="scale of the Gram matrices' off-diagonal entries (2)"
         )
     },
     model_params={"weight": ParamSpec(default=1.0, low=0.0, help="this model's weight lambda_i")},
