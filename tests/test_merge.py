@@ -302,7 +302,7 @@ def _bad_configs(a: Path, b: Path, c: Path, other_shape: Path) -> dict[str, tupl
             {**s, "merge_method": "slerpp", "models": one},
             [
                 "merge_method: 'slerpp' is not a merge method (known: arcee_fusion, arcee_fusion_mergekit, dare_linear, dare_ties, "
-                "linear, model_stock, slerp, task_arithmetic, ties)"
+                "fisher, linear, model_stock, regmean, slerp, task_arithmetic, ties)"
             ],
         ),
         "unknown key": (

@@ -100,7 +100,8 @@ def merge(
         bool,
         typer.Option(
             "--explain",
-            help="Resolve the config, print every tensor's parameters and warnings; merge nothing.",
+            help="Resolve the config, print every tensor's parameters, warnings and whether the experts look "
+            "mergeable (against base_model, when set); merge nothing.",
         ),
     ] = False,
     device: Annotated[str, typer.Option("--device", help="Where the math runs: cpu or cuda.")] = "cpu",
@@ -110,7 +111,8 @@ def merge(
     ] = None,
 ) -> None:
     """Merge checkpoints tensor by tensor from a mergekit YAML (linear, slerp, task_arithmetic, ties, dare_ties,
-    dare_linear, model_stock, arcee_fusion, arcee_fusion_mergekit).
+    dare_linear, model_stock, arcee_fusion, arcee_fusion_mergekit; and, from each model's own calibration
+    examples, regmean and fisher).
 
     Example: branchmerge merge slerp.yaml ./merged   (or: branchmerge merge slerp.yaml --explain)
     """
@@ -119,7 +121,7 @@ def merge(
     if explain:
         from branchmerge.merge.explain import explain_merge
 
-        print_explanation(explain_merge(config))
+        print_explanation(explain_merge(config, mergeability=True))
         return
     if out is None:
         raise BranchmergeError("merge: give the output folder (OUT), or --explain to only check the config")
@@ -153,6 +155,11 @@ def print_explanation(steps: list) -> None:
             console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
         if not step.warnings:
             console.print("no warnings")
+        if step.mergeability is not None:
+            m = step.mergeability
+            color = {"likely": "green", "risky": "yellow", "unlikely": "red"}[m.verdict]
+            console.print(f"mergeability: [{color}]{m.verdict}[/{color}]: {m.reason}", highlight=False)
+            console.print(f"  {m.numbers()}", highlight=False)
 
 
 @command("report")

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+)
 
 from branchmerge.errors import BranchmergeError, describe, validation_error
 
@@ -70,13 +78,40 @@ def check_setting(v: object) -> object:
 Setting = Annotated[Any, AfterValidator(check_setting)]
 
 
+class CalibrationSource(BaseModel):
+    """A model's calibration examples: an SFT-example JSONL (`records.SFTExample`), optionally one domain of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1)
+    domain: str | None = None
+
+
+def _source(v: object) -> object:
+    return {"path": v} if isinstance(v, str) else v
+
+
 class InputModel(BaseModel):
-    """One entry of `models:`: a folder and the per-model parameters (e.g. `weight`, `density`)."""
+    """One entry of `models:`: a folder, the per-model parameters (e.g. `weight`, `density`) and, for the
+    data-aware methods (regmean, fisher), the model's own calibration examples (a path, or {path, domain})."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str
     parameters: dict[str, Setting] | None = None
+    calibration: Annotated[CalibrationSource | None, BeforeValidator(_source)] = None
+
+
+class CalibrationSettings(BaseModel):
+    """How the data-aware methods read each model's `calibration` examples (see `merge/calibration.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(default=256, ge=1)  # examples per model: a seeded sample of this many (all, if fewer)
+    max_length: int = Field(default=1024, ge=2)  # tokens per example; longer ones are cut
+    batch_size: int = Field(default=8, ge=1)  # examples per forward pass for the Gram matrices
+    seed: int = 0
+    cache_dir: str | None = None  # default: calibration-cache/ beside the output folder
 
 
 class MergeConfig(BaseModel):
@@ -95,6 +130,7 @@ class MergeConfig(BaseModel):
     dtype: DTypeName | None = None
     out_dtype: DTypeName | None = None
     tokenizer_source: str | None = None
+    calibration: CalibrationSettings | None = None  # settings for the models' calibration sources
 
     # Where the config came from (its YAML file), so later errors can name the file. Not part of the config.
     _source: str = PrivateAttr(default="merge config")
@@ -122,9 +158,11 @@ def _message(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         if len(loc) == 1 and loc[0] in _UNSUPPORTED_KEYS:
             return _UNSUPPORTED_KEYS[str(loc[0])]
-        known = (
-            MergeConfig.model_fields if len(loc) == 1 else InputModel.model_fields if len(loc) == 3 else {}
-        )
+        known: dict[str, Any] = {}
+        if len(loc) in (1, 3):
+            known = MergeConfig.model_fields if len(loc) == 1 else InputModel.model_fields
+        elif loc[-2] == "calibration":  # calibration.x or models[i].calibration.x
+            known = CalibrationSettings.model_fields if len(loc) == 2 else CalibrationSource.model_fields
         return f"unknown key (known: {', '.join(known)})" if known else "unknown key"
     return describe(err)
 

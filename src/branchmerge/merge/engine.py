@@ -4,7 +4,9 @@ A reader thread loads the inputs of the next tensors (a bounded queue, so memory
 calling thread merges (on `device`, in fp32, a chunk at a time: `methods/chunks.py`), and a writer thread
 appends each result to its safetensors shard as soon as it is ready (`writer.py`). A fourth thread hashes the
 input files for the model card meanwhile. Tensors whose output is exactly one input (SLERP at t = 0 or 1, say)
-are read from that input only and written byte for byte.
+are read from that input only and written byte for byte. The data-aware methods (regmean, fisher) first compute
+or reuse each input's calibration statistics (`calibration.py`) and read them beside the weights, one tensor at a
+time; they do not stream, so their largest tensors are held whole.
 
 Tensors of STREAM_MIN_ELEMENTS or more (in a Qwen3 model, the 151936-row embedding and lm_head) never sit in
 memory whole when the method streams (linear, SLERP, the task-vector family) or the tensor is copied: their
@@ -17,6 +19,7 @@ several documents is a sequence of merges ((A & B) & C), see `sequence.py`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import shutil
@@ -32,6 +35,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from branchmerge.errors import BranchmergeError
+from branchmerge.merge.calibration import StatisticsReader, load_statistics
 from branchmerge.merge.checkpoint import LazyTensor, TensorReader
 from branchmerge.merge.config import MergeConfig, load_merge_configs, validate_merge_config
 from branchmerge.merge.methods.chunks import chunk_slices
@@ -164,9 +168,14 @@ def _read_ahead(
 
 
 def _merge_tensors(
-    plan: MergePlan, out_dir: Path, max_shard_bytes: int, show_progress: bool, device: torch.device
+    plan: MergePlan,
+    out_dir: Path,
+    max_shard_bytes: int,
+    show_progress: bool,
+    device: torch.device,
+    stats: StatisticsReader | None = None,
 ) -> int:
-    """Write every planned tensor; returns the number of shards."""
+    """Write every planned tensor; returns the number of shards. `stats`: the data-aware methods' statistics."""
     writer = ShardWriter(out_dir, [(j.name, j.shape, j.out_dtype) for j in plan.jobs], max_shard_bytes)
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -192,6 +201,8 @@ def _merge_tensors(
                     _stream(plan, job, cast(list[LazyTensor], raw), writer)
                     progress.advance(task)
                     continue
+                if stats is not None:
+                    job = replace(job, params=replace(job.params, stats=stats.read(job.name)))
                 merged = _compute(plan, job, cast(list[torch.Tensor], raw), device)
                 del raw
                 writes.append(write_pool.submit(writer.add, job.name, merged))
@@ -205,6 +216,28 @@ def _merge_tensors(
         writer.abort()
     writer.finish()
     return len(writer.shards)
+
+
+@contextlib.contextmanager
+def _statistics(
+    plan: MergePlan, out: Path, device: torch.device, show_progress: bool
+) -> Iterator[StatisticsReader | None]:
+    """For a data-aware method (regmean, fisher), its inputs' calibration statistics; else None."""
+    if plan.method.calibration is None:
+        yield None
+        return
+    files = load_statistics(
+        plan.config,
+        plan.method,
+        [c.path for c in plan.inputs],
+        [c.weight_files for c in plan.inputs],
+        [j.name for j in plan.jobs],
+        out,
+        device=device,
+        show_progress=show_progress,
+    )
+    with StatisticsReader(files, device) as reader:
+        yield reader
 
 
 def _weight_files(plan: MergePlan) -> list[Path]:
@@ -227,8 +260,8 @@ def _merge_one(
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-sha256")
     try:
         digests = {f: hasher.submit(sha256_file, f) for f in files}
-        with atomic_dir(out) as tmp:
-            n_shards = _merge_tensors(plan, tmp, max_shard_bytes, show_progress, device)
+        with _statistics(plan, out, device, show_progress) as stats, atomic_dir(out) as tmp:
+            n_shards = _merge_tensors(plan, tmp, max_shard_bytes, show_progress, device, stats)
             write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
             if plan.vocab_index is not None:
                 set_vocab_size(tmp / "config.json", plan.vocab_index.shape[1])

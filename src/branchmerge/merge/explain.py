@@ -7,6 +7,9 @@ layer and kind, the method and the resolved parameters, plus warnings about:
   - parameters that make some tensors' output bit-identical to one input (SLERP t = 0 or 1, one non-zero
     linear weight, all task-vector weights 0, ...);
   - a no-op merge: every tensor is a copy of the same input, so the output is that model.
+
+With `mergeability` (the CLI's default), a step whose base_model and models exist on disk also gets a verdict
+on whether its experts will merge (`mergeability.py`); that reads every weight once, one tensor at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from branchmerge.merge.config import MergeConfig
 from branchmerge.merge.engine import coerce_configs
+from branchmerge.merge.mergeability import Mergeability, config_mergeability
 from branchmerge.merge.parameters import layer_index, rule_matches
 from branchmerge.merge.plan import MergePlan, TensorJob, build_plan
 from branchmerge.merge.sequence import plan_sequence
@@ -38,6 +42,7 @@ class StepExplanation:
     inputs: list[str]  # labels of the inputs, in the order the method sees them
     rows: list[TensorRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    mergeability: Mergeability | None = None  # None: not asked for, or no base_model / folders yet to be made
 
 
 def tensor_kind(name: str) -> str:
@@ -127,10 +132,21 @@ def explain_plan(plan: MergePlan, name: str = "merge") -> StepExplanation:
 
 def explain_merge(
     config: MergeConfig | dict | Sequence[MergeConfig | dict] | str | Path,
+    *,
+    mergeability: bool = False,
 ) -> list[StepExplanation]:
-    """One explanation per step (one for a plain config); raises BranchmergeError on an invalid config."""
+    """One explanation per step (one for a plain config); raises BranchmergeError on an invalid config.
+
+    mergeability: also judge each step's experts against its base_model (reads their weights)."""
     configs = coerce_configs(config)
     if len(configs) == 1 and configs[0].name is None:
-        return [explain_plan(build_plan(configs[0], configs[0].source))]
-    seq = plan_sequence(configs, Path("<output>"), Path("<steps>"))
-    return [explain_plan(plan, name) for plan, name in zip(seq.plans, seq.names, strict=True)]
+        steps = [explain_plan(build_plan(configs[0], configs[0].source))]
+        step_configs = [configs[0]]
+    else:
+        seq = plan_sequence(configs, Path("<output>"), Path("<steps>"))
+        steps = [explain_plan(plan, name) for plan, name in zip(seq.plans, seq.names, strict=True)]
+        step_configs = seq.steps
+    if mergeability:
+        for step, cfg in zip(steps, step_configs, strict=True):
+            step.mergeability = config_mergeability(cfg)
+    return steps

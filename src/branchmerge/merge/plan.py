@@ -1,7 +1,8 @@
 """Validate a merge config against the registry and the disk, and plan every output tensor, reading no weight.
 
 Checks, all reported together where they do not depend on each other: the method exists; the number of models
-fits it (SLERP and Arcee Fusion: two, one of them the base_model); parameter names belong to the method; every
+fits it (SLERP and Arcee Fusion: two, one of them the base_model); parameter names belong to the method; the
+data-aware methods have a calibration source for every model (`calibration.py`); every
 folder has config.json and safetensors weights; tensor names and shapes agree across models; every parameter
 has a valid value for every tensor. The result is a `MergePlan` the engine only executes.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from branchmerge.errors import BranchmergeError
+from branchmerge.merge.calibration import check_sources
 from branchmerge.merge.checkpoint import SAFETENSORS_DTYPES, Checkpoint, folder_problem
 from branchmerge.merge.config import MergeConfig
 from branchmerge.merge.methods import METHODS, MergeMethod, TensorParams
@@ -171,7 +173,7 @@ def _open_all(
     source: str, cfg: MergeConfig, method: MergeMethod, virtual: Mapping[Path, Checkpoint]
 ) -> tuple[list[Checkpoint], int | None, Checkpoint, Path]:
     inputs, base, problems = _inputs(cfg, method)
-    problems = _check_parameter_names(cfg, method) + problems
+    problems = _check_parameter_names(cfg, method) + problems + check_sources(cfg, method)
     ref_field, ref_path = inputs[base] if base is not None else inputs[0]
     if cfg.base_model is not None and base is None:  # e.g. linear: base_model only names the reference
         base_path = Path(cfg.base_model).expanduser()

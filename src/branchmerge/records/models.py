@@ -76,6 +76,18 @@ class SFTExample(_Record):
     teacher: str
 
 
+class OffDomainLoss(_Record):
+    """`offdomain_loss.json` in an expert's folder: its held-out loss per domain beside its base's.
+
+    Losses are the mean next-token loss over the assistant tokens of held-out SFT examples (the loss SFT
+    minimises). The other domains' entries measure forgetting, which `merge.mergeability` reads."""
+
+    domain: str  # the expert's own domain
+    expert: dict[str, float]  # domain -> loss of the expert
+    base: dict[str, float]  # domain -> loss of the base it was fine-tuned from
+    examples: dict[str, int] = Field(default_factory=dict)  # domain -> held-out examples measured
+
+
 class EvalSample(_Record):
     """One graded model output on one benchmark item."""
 

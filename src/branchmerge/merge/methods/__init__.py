@@ -8,8 +8,10 @@ from branchmerge.merge.methods import (
     arcee_fusion_mergekit,
     dare_linear,
     dare_ties,
+    fisher,
     linear,
     model_stock,
+    regmean,
     slerp,
     task_arithmetic,
     ties,
@@ -26,6 +28,8 @@ METHODS: dict[str, MergeMethod] = {
     "model_stock": model_stock.METHOD,
     "arcee_fusion": arcee_fusion.METHOD,
     "arcee_fusion_mergekit": arcee_fusion_mergekit.METHOD,
+    "regmean": regmean.METHOD,
+    "fisher": fisher.METHOD,
 }
 
 __all__ = ["METHODS", "MergeMethod", "ParamSpec", "TensorParams"]

@@ -40,6 +40,9 @@ class TensorParams:
     # Set by the engine for the largest tensors of a `streams` method: write the output through it, chunk by
     # chunk in order, instead of returning it (the method then returns None).
     sink: Callable[[torch.Tensor], None] | None = field(default=None, compare=False, repr=False)
+    # For a method with `calibration`: stats[i] is input i's statistic for this tensor, read from its
+    # calibration data (`calibration.py`), or None where the method has none for it (RegMean: not a Linear).
+    stats: Sequence[torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class MergeMethod:
         normalize), or None; run for every tensor during validation.
     passthrough: from the parameters alone, the input whose tensor *is* the output (e.g. SLERP at t = 0), so
         the engine reads only that tensor and copies its bytes; None when the output must be computed.
+    calibration: the statistic the method reads from data (see the field's comment); None for weight-only methods.
     """
 
     name: str
@@ -72,4 +76,8 @@ class MergeMethod:
     check: Callable[[TensorParams], str | None] | None = None
     passthrough: Callable[[TensorParams], int | None] | None = None
     streams: bool = False  # reads its inputs only through `chunks.py` and honours `TensorParams.sink`
+    # The statistic the method needs from each model's calibration examples (`calibration.py`): "gram" (the
+    # Gram matrix of each nn.Linear's inputs, RegMean) or "fisher" (the diagonal empirical Fisher). Such a
+    # method needs a calibration source per model and gets the statistics in `TensorParams.stats`.
+    calibration: Literal["gram", "fisher"] | None = None
     summary: str = ""
