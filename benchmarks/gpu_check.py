@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=64)
     args = ap.parse_args(argv)
+    # A time limit's SIGTERM unwinds like an exception: the sections done are saved, a vLLM server is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.cpu_smoke:
         args.seq_len, args.batch_size, args.steps, args.requests, args.max_tokens = 64, 2, 3, 8, 8
     root = Path(args.tmp or tempfile.mkdtemp(prefix="gpu-check-"))
