@@ -177,3 +177,17 @@ def test_sigterm_to_this_process_stops_the_server(tiny_model_dir: Path, tmp_path
     assert e.value.code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert_gone(tmp_path)
+
+
+def test_default_log_is_named_for_the_served_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import tempfile
+
+    opts = VllmOptions(command=(sys.executable, STANDIN), ready_timeout_s=30, grace_s=5)
+    with serve_checkpoint(tiny_model_dir, engine="vllm", model_name="Org/Model", vllm=opts) as url:
+        port = url.removesuffix("/v1").rsplit(":", 1)[1]
+        assert httpx.get(url + "/models").json()["data"][0]["id"] == "Org/Model"
+    log = Path(tempfile.gettempdir()) / f"branchmerge-vllm-Org_Model-{port}.log"
+    try:
+        assert f"loading {tiny_model_dir} as Org/Model" in log.read_text()
+    finally:
+        log.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def check_vllm(what: str) -> None:
 def resolve_engine(
     engine: str, what: str = "engine", *, command_given: bool = False
 ) -> Literal["builtin", "vllm"]:
-    """ "builtin" or "vllm" for `engine`. With `command_given` (vLLM is run by a command of the caller's), the
+    """Resolve `engine` to "builtin" or "vllm". With `command_given` (vLLM is run by a command of the caller's), the
     command stands for the installation: only `auto` still asks for a CUDA device."""
     if engine not in ENGINES:
         raise BranchmergeError(f"{what}: '{engine}' is not an engine (known: {', '.join(ENGINES)})")
@@ -128,7 +129,8 @@ def serve_checkpoint(
         *("--model", str(path), "--host", host, "--port", str(port), "--served-model-name", name),
         *opts.args,
     ]
-    log_path = opts.log_path or Path(tempfile.gettempdir()) / f"branchmerge-vllm-{name}-{port}.log"
+    safe = re.sub(r"[^\w.-]+", "_", name)  # a served name may be "Org/Model"
+    log_path = opts.log_path or Path(tempfile.gettempdir()) / f"branchmerge-vllm-{safe}-{port}.log"
     root = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     with managed_server(command, root, name, log_path, opts.ready_timeout_s, opts.grace_s) as url:
         yield url
