@@ -108,3 +108,15 @@ def test_grpo_engine_vllm_fails_before_any_loading(tmp_path: Path) -> None:
     with pytest.raises(BranchmergeError, match=r"^grpo: engine vllm: vLLM is not installed"):
         train_grpo(problems, tmp_path / "no-model", tmp_path / "out", GRPOSettings(engine="vllm"))
     assert not (tmp_path / "out").exists()
+
+
+def test_train_grpo_engine_option(tiny_model_dir: Path, tmp_path: Path) -> None:
+    args = ["train", str(_problems(tmp_path)), "--base", str(tiny_model_dir), "--out", str(tmp_path / "o")]
+    r = runner.invoke(app, [*args, "--method", "full", "--engine", "vllm"])
+    assert r.exit_code == 2 and "--engine: applies to --method grpo, not full" in r.output
+    r = runner.invoke(app, [*args, "--method", "grpo", "--engine", "vlm"])
+    assert r.exit_code == 2 and "train --method grpo: --engine:" in r.output and "'vllm'" in r.output
+    if not vllm_installed():
+        r = runner.invoke(app, [*args, "--method", "grpo", "--engine", "vllm"])
+        assert r.exit_code == 2 and "grpo: engine vllm: vLLM is not installed" in r.output
+    assert not (tmp_path / "o").exists()

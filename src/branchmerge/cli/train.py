@@ -150,6 +150,14 @@ def train(
             "--max-completion-length", help="Generated tokens (default 4096).", rich_help_panel=GRPO
         ),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help="Samples by: auto (vLLM with a CUDA GPU, else builtin), builtin (transformers) or vllm.",
+            rich_help_panel=GRPO,
+        ),
+    ] = None,
     pairs: Annotated[
         str | None, typer.Option("--pairs", help="verified (default) or verbosity.", rich_help_panel=DPO)
     ] = None,
@@ -251,6 +259,7 @@ def train(
         "--lambda-cd": lambda_cd,
         "--num-generations": num_generations,
         "--max-completion-length": max_completion_length,
+        "--engine": engine,
         "--pairs": pairs,
         "--beta": beta,
         "--curriculum": curriculum,
