@@ -89,6 +89,12 @@ def worker(spec_file: str) -> None:
     from branchmerge.train.sft import SFTSettings, train_sft
 
     spec = json.loads(Path(spec_file).read_text())
+    context_gib = None
+    if (
+        torch.cuda.is_available()
+    ):  # what the GPU holds before any tensor: the CUDA context (and other processes)
+        free, total = torch.cuda.mem_get_info()
+        context_gib = (total - free) / 2**30
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     lines = Path(spec["examples"]).read_text().splitlines()
@@ -119,6 +125,7 @@ def worker(spec_file: str) -> None:
     if torch.cuda.is_available():
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["gpu_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+        result["context_gib"] = context_gib
     Path(spec["result"]).write_text(json.dumps(result))
 
 

@@ -6,12 +6,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from pydantic import ValidationError
 
 from branchmerge.errors import BranchmergeError, validation_error
 from branchmerge.teachers.config import TeacherConfig
+
+# A local checkpoint's server: `auto` is vLLM when it is installed and a CUDA GPU is present, else the built-in one.
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="Server for a local checkpoint: auto (vLLM with a CUDA GPU, else builtin), builtin or vllm.",
+    ),
+]
 
 
 def endpoint_config(
@@ -28,10 +38,10 @@ def endpoint_config(
 
 @contextlib.contextmanager
 def url_or_checkpoint(
-    option: str, where: str | None, model: str | None, api_key_env: str | None
+    option: str, where: str | None, model: str | None, api_key_env: str | None, engine: str = "auto"
 ) -> Iterator[Any]:
     """A TeacherConfig for `where`: an OpenAI-compatible base URL (with `model`), or a local checkpoint folder
-    served on 127.0.0.1 while the block runs. None when `where` is None."""
+    served on 127.0.0.1 by `engine` (auto, builtin, vllm) while the block runs. None when `where` is None."""
     if where is None:
         yield None
         return
@@ -43,9 +53,8 @@ def url_or_checkpoint(
     path = Path(where)
     if not path.is_dir():
         raise BranchmergeError(f"{option} {where}: neither an http(s) URL nor a checkpoint folder")
-    from branchmerge.teachers.serve import running_server
+    from branchmerge.teachers.engines import serve_checkpoint
 
-    with running_server(path) as url:
-        yield TeacherConfig(
-            name=model or path.name, base_url=url, model=model or path.name, max_concurrency=32
-        )
+    name = model or path.name
+    with serve_checkpoint(path, engine=engine, model_name=name, what="--engine") as url:
+        yield TeacherConfig(name=name, base_url=url, model=name, max_concurrency=32)

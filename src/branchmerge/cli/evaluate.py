@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from branchmerge.cli.endpoints import endpoint_config
+from branchmerge.cli.endpoints import EngineOption, endpoint_config
 from branchmerge.cli.main import command, console
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import EvalSample, Problem, read_jsonl
@@ -90,6 +90,7 @@ def evaluate(
         bool,
         typer.Option("--serve", help="Serve the local checkpoint over HTTP instead of decoding in-process."),
     ] = False,
+    engine: EngineOption = "auto",
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Local checkpoint: sequences decoded together.")
     ] = 64,
@@ -141,6 +142,7 @@ def evaluate(
         seed=seed,
         batch_size=batch_size,
         serve=serve,
+        engine=engine,
         judge=judge,
         regrade=regrade,
     )

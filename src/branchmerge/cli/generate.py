@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from branchmerge.cli.endpoints import endpoint_config
+from branchmerge.cli.endpoints import EngineOption, endpoint_config
 from branchmerge.cli.main import command, console
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem, read_jsonl
@@ -27,6 +28,11 @@ def generate(
         typer.Option("--base-url", help="OpenAI-compatible base URL; repeat it for a pool of servers."),
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name sent to the endpoint.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="A local checkpoint folder as the teacher, served on 127.0.0.1."),
+    ] = None,
+    engine: EngineOption = "auto",
     teacher: Annotated[
         str | None, typer.Option("--teacher", help="Teacher name in the traces (default: model).")
     ] = None,
@@ -51,11 +57,34 @@ def generate(
     """Ask teachers for reasoning traces: each problem n times at each temperature, from every teacher.
 
     Example: branchmerge generate problems.jsonl --out traces.jsonl --base-url http://127.0.0.1:8000/v1 --model teacher --temperature 0.6 --temperature 1.0
+    Example: branchmerge generate problems.jsonl --out traces.jsonl --checkpoint ./teacher --engine vllm
     """
     from branchmerge.teachers.client import generate_traces, plan_generation
     from branchmerge.teachers.config import load_teachers
+    from branchmerge.teachers.engines import resolve_engine, serve_checkpoint
+    from branchmerge.teachers.local import check_model_dir
 
-    if teachers is not None:
+    if checkpoint is not None:
+        if teachers is not None or base_url:
+            raise BranchmergeError(
+                "name one teacher: --checkpoint DIR, --base-url URL --model NAME or --teachers FILE"
+            )
+        check_model_dir(checkpoint)
+        resolve_engine(engine, "--engine")  # a bad or missing engine fails before anything runs
+        served_name = model or checkpoint.name
+        # The URL's port is picked when the server starts; everything else is known now (for --dry-run too).
+        configs = [
+            endpoint_config(
+                "--checkpoint",
+                "http://127.0.0.1/v1",
+                served_name,
+                teacher,
+                max_concurrency=concurrency,
+                requests_per_min=rpm,
+                tokens_per_min=tpm,
+            )
+        ]
+    elif teachers is not None:
         if base_url or model:
             raise BranchmergeError("give either --teachers FILE or --base-url/--model, not both")
         configs = load_teachers(teachers)
@@ -73,7 +102,9 @@ def generate(
             )
         ]
     else:
-        raise BranchmergeError("name the teacher: --base-url URL --model NAME, or --teachers FILE")
+        raise BranchmergeError(
+            "name the teacher: --base-url URL --model NAME, --checkpoint DIR or --teachers FILE"
+        )
     items = read_jsonl(problems, Problem)
     temperatures = tuple(temperature or [0.6])
     if dry_run:
@@ -110,17 +141,23 @@ def generate(
             )
         console.print(table)
         return
-    s = generate_traces(
-        items,
-        configs,
-        out,
-        n=n,
-        temperatures=temperatures,
-        top_p=top_p,
-        max_tokens=max_tokens,
-        seed=seed,
-        retry_errors=retry_errors,
-    )
+    with contextlib.ExitStack() as stack:
+        if checkpoint is not None:
+            url = stack.enter_context(
+                serve_checkpoint(checkpoint, engine=engine, model_name=configs[0].model, what="--engine")
+            )
+            configs = [configs[0].model_copy(update={"base_url": url})]
+        s = generate_traces(
+            items,
+            configs,
+            out,
+            n=n,
+            temperatures=temperatures,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            retry_errors=retry_errors,
+        )
     table = Table(
         "teacher",
         "requests",

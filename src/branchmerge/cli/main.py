@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from branchmerge.errors import BranchmergeError
 
@@ -35,7 +36,8 @@ def clean_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except BranchmergeError as e:
             for line in str(e).splitlines():
-                err_console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+                # escaped: messages quote paths and commands with brackets, e.g. pip install 'branchmerge[vllm]'
+                err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]: finished stages are kept; rerun to resume")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from branchmerge.cli.endpoints import url_or_checkpoint
+from branchmerge.cli.endpoints import EngineOption, url_or_checkpoint
 from branchmerge.cli.main import command, console
 from branchmerge.errors import BranchmergeError
 
@@ -98,6 +98,7 @@ def process(
         str | None, typer.Option("--student", help="difficulty by student: base URL or checkpoint folder.")
     ] = None,
     student_model: Annotated[str | None, typer.Option("--student-model", help="Student model name.")] = None,
+    engine: EngineOption = "auto",
     k: Annotated[int | None, typer.Option("--k", help="difficulty by student: samples per problem.")] = None,
     levels: Annotated[
         str | None, typer.Option("--levels", help="rewrite: difficulty levels to rewrite, e.g. easy,hard.")
@@ -152,8 +153,8 @@ def process(
     before = read_jsonl(traces, Trace)
     by_id = {p.id: p for p in read_jsonl(problems, Problem)}
     with (
-        url_or_checkpoint("--judge", judge, judge_model, judge_api_key_env) as judge_cfg,
-        url_or_checkpoint("--student", student, student_model, None) as student_cfg,
+        url_or_checkpoint("--judge", judge, judge_model, judge_api_key_env, engine) as judge_cfg,
+        url_or_checkpoint("--student", student, student_model, None, engine) as student_cfg,
     ):
         ctx = StepContext(out.parent, out.stem, judge_cfg, student_cfg, judge_cache)
         process_traces(chain, before, by_id, options, out, ctx, on_step=print_counts)

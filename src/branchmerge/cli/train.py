@@ -210,6 +210,12 @@ def grpo(
         int | None, typer.Option("--max-completion-length", help="Generated tokens (default 4096).")
     ] = None,
     beta: Annotated[float | None, typer.Option("--beta", help="KL weight to the base (default 0).")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine", help="Samples by: auto (vLLM with a CUDA GPU, else builtin), builtin (transformers) or vllm."
+        ),
+    ] = None,
     max_steps: MaxSteps = None,
     batch_size: BatchSize = None,
     learning_rate: LearningRate = None,

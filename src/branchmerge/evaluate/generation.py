@@ -5,7 +5,8 @@ asks only for keys not already there, and stops early once its `stop` event is s
 - An endpoint (`endpoint_generate`): the teachers client (bounded concurrency, rate limits, retries).
 - A local checkpoint decoded in-process (`in_process`, the default): the same seeds and Trace records a server
   would give.
-- A local checkpoint served on 127.0.0.1 (`served`) with `teachers.serve.running_server`, then asked through
+- A local checkpoint served on 127.0.0.1 (`served`) by `teachers.engines.serve_checkpoint` (the built-in
+  server, or vLLM), then asked through
   the client like any endpoint. Measured on the quick demo's evaluation (60 items, greedy, 200 max tokens, one
   torch thread, 2 shared cores; median seconds per model over 3 checkpoints x 3 runs, in two sessions; the same
   passes every way): in-process 1.30 / 0.93, served 2.03 / 1.39, the former in-process loop 1.56 / 0.95.
@@ -181,19 +182,21 @@ def _progress(show: bool) -> Progress:
 
 @contextlib.contextmanager
 def served(
-    model_dir: Path, model_name: str | None, n: int, batch_size: int
+    model_dir: Path, model_name: str | None, n: int, batch_size: int, engine: str = "builtin"
 ) -> Iterator[tuple[TeacherConfig, Counter]]:
-    """Serve the checkpoint on 127.0.0.1 for the block; yield its client config and its tokenizer's counter."""
+    """Serve the checkpoint on 127.0.0.1 with `engine` (see `teachers.engines`) for the block; yield its client
+    config and its tokenizer's counter."""
     from transformers import AutoTokenizer
 
+    from branchmerge.teachers.engines import serve_checkpoint
     from branchmerge.teachers.local import check_model_dir
-    from branchmerge.teachers.serve import running_server
 
     path = check_model_dir(model_dir)
     name = model_name or path.name
     in_flight = max(1, math.ceil(2 * batch_size / n))  # one batch decoding, the next one queued
-    with running_server(
+    with serve_checkpoint(
         path,
+        engine=engine,
         model_name=name,
         max_batch=batch_size,
         batch_wait_s=SERVE_BATCH_WAIT_S,

@@ -34,6 +34,7 @@ from branchmerge.graders import GRADERS, unknown_graders
 from branchmerge.judge import judge_configured, judging
 from branchmerge.records import EvalSample, Problem
 from branchmerge.teachers.config import TeacherConfig
+from branchmerge.teachers.engines import resolve_engine
 
 __all__ = ["evaluate_model", "judge_cache_path", "outputs_path", "truncation_rate"]
 
@@ -58,6 +59,7 @@ def evaluate_model(
     seed: int = 0,
     batch_size: int = 64,
     serve: bool = False,
+    engine: str = "auto",
     judge: TeacherConfig | None = None,
     judge_cache: str | Path | None = None,
     regrade: bool = False,
@@ -68,7 +70,8 @@ def evaluate_model(
     """Generate `n` samples per problem with `model`, grade them, append EvalSamples to `out_path`; resumable.
 
     `model` is an endpoint config or a checkpoint folder (`batch_size` rows decoded together, in-process or,
-    with `serve`, by a server on 127.0.0.1). `model_name` (default: the config's name or the folder's name) is
+    with `serve`, by a server on 127.0.0.1; `engine` "vllm", or "auto" on a machine with vLLM and a CUDA GPU,
+    serves it with vLLM, see `teachers.engines`). `model_name` (default: the config's name or the folder's name) is
     the `model` of every sample and, with (item, sample), the key a rerun skips. `judge` grades judge items
     whose spec names no judge, its verdicts cached in `judge_cache` (default `judge_cache_path(out_path)`).
     `regrade` grades this model's completions again (after a grader fix) instead of keeping its samples in
@@ -92,9 +95,9 @@ def evaluate_model(
             endpoint = model.model_copy(update={"name": model_name or model.name})
             name, count = endpoint.name, estimated_reasoning_tokens
             generate = endpoint_generate(endpoint, s, show_progress)
-        elif serve:
+        elif serve or resolve_engine(engine) == "vllm":  # vLLM runs only as a server
             rows = min(batch_size, n * len(problems)) or 1  # a batch that fills up starts without waiting
-            endpoint, count = stack.enter_context(served(Path(model), model_name, n, rows))
+            endpoint, count = stack.enter_context(served(Path(model), model_name, n, rows, engine))
             name, generate = endpoint.name, endpoint_generate(endpoint, s, show_progress)
         else:
             name, generate, count = in_process(Path(model), model_name, s, batch_size, show_progress)

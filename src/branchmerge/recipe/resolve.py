@@ -152,9 +152,26 @@ def check_recipe(recipe: Recipe, base_dir: Path, *, download: bool = True) -> Ch
         if t.checkpoint is not None:
             resolve(f"teacher:{t.name}", t.checkpoint, f"teachers[{i}].checkpoint")
     resolve(STUDENT, recipe.train.student, "train.student")
-    out.errors += _name_errors(recipe)
+    out.errors += _name_errors(recipe) + _engine_errors(recipe)
     out.missing += _missing_files(recipe, base_dir)
     return out
+
+
+def _engine_errors(recipe: Recipe) -> list[str]:
+    """`engine: vllm` (the recipe's, or GRPO's) on a machine without vLLM or a CUDA GPU."""
+    from branchmerge.teachers.engines import check_vllm
+
+    errors = []
+    for where, engine in (
+        ("engine", recipe.engine),
+        ("grpo.settings.engine", recipe.grpo and recipe.grpo.settings.engine),
+    ):
+        if engine == "vllm":
+            try:
+                check_vllm(where)
+            except BranchmergeError as e:
+                errors.append(str(e))
+    return errors
 
 
 def _name_errors(recipe: Recipe) -> list[str]:

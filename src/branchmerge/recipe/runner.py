@@ -96,7 +96,7 @@ def run_recipe(
             f"generate.{t.name}",
             g_key,
             lambda w, t=t, ckpt=ckpt: stages.generate_stage(
-                train_problems, t, recipe.generate, ckpt, w, show_progress
+                train_problems, t, recipe.generate, ckpt, w, show_progress, recipe.engine
             ),
         )
         trace_files.append(go.path / "traces.jsonl")
@@ -108,7 +108,7 @@ def run_recipe(
         "process",
         v_key,
         lambda w: stages.process_stage(
-            train_problems, trace_files, pspec, judge, paths[STUDENT], w, show_progress
+            train_problems, trace_files, pspec, judge, paths[STUDENT], w, show_progress, recipe.engine
         ),
     )
 
@@ -176,7 +176,7 @@ def run_recipe(
     samples: list[EvalSample] = []
     eval_problems: list[Problem] = []
     with contextlib.ExitStack() as stack:
-        eval_judge = _LazyEndpoint(stack, judge_of(recipe, e_spec.judge, paths))
+        eval_judge = _LazyEndpoint(stack, judge_of(recipe, e_spec.judge, paths), recipe.engine)
         for set_spec in e_spec.sets:
             label = set_spec.label or set_spec.name
             set_key = eval_set_key(set_spec, p_key, base)
@@ -196,7 +196,15 @@ def run_recipe(
                     key,
                     lambda w, mdir=mdir, name=name, items=items, label=label, sampling=sampling: (
                         stages.eval_stage(
-                            mdir, name, items, label, sampling, eval_judge.get(), w, show_progress
+                            mdir,
+                            name,
+                            items,
+                            label,
+                            sampling,
+                            eval_judge.get(),
+                            w,
+                            show_progress,
+                            recipe.engine,
                         )
                     ),
                 )
@@ -221,13 +229,15 @@ def run_recipe(
 class _LazyEndpoint:
     """A judge endpoint entered into `stack` on first use, so a fully cached evaluation starts no server."""
 
-    def __init__(self, stack: contextlib.ExitStack, judge: tuple[TeacherSpec, Path | None] | None) -> None:
-        self.stack, self.judge = stack, judge
+    def __init__(
+        self, stack: contextlib.ExitStack, judge: tuple[TeacherSpec, Path | None] | None, engine: str
+    ) -> None:
+        self.stack, self.judge, self.engine = stack, judge, engine
         self.cfg: TeacherConfig | None = None
 
     def get(self) -> TeacherConfig | None:
         if self.judge is not None and self.cfg is None:
-            self.cfg = self.stack.enter_context(stages.teacher_endpoint(*self.judge))
+            self.cfg = self.stack.enter_context(stages.teacher_endpoint(*self.judge, self.engine))
         return self.cfg
 
 

@@ -16,6 +16,7 @@ from branchmerge.recipe.specs import (
     ProblemsSpec,
     RewardModelsSpec,
 )
+from branchmerge.teachers.engines import Engine
 from branchmerge.train.branches import Budget, SplitBy
 from branchmerge.train.curriculum import CurriculumStage
 from branchmerge.train.sft import SFTSettings
@@ -134,6 +135,9 @@ class Recipe(_Spec):
     grpo: GRPOSpec | None = None
     merges: dict[str, dict[str, Any]] = {}
     eval: EvalSpec = EvalSpec()
+    # The server of every local checkpoint the run asks over HTTP (teachers, judge, student, evaluated models):
+    # auto = vLLM when it is installed and a CUDA GPU is present, else the built-in one (teachers/engines.py).
+    engine: Engine = "auto"
 
     @model_validator(mode="after")
     def _unique_teacher_names(self) -> Recipe:

@@ -15,21 +15,23 @@ from branchmerge.recipe.schema import BuildSFTSpec, GenerateSpec, ProcessSpec, T
 from branchmerge.recipe.specs import GRPOSpec, RewardModelsSpec
 from branchmerge.records import Problem, SFTExample, Trace, read_jsonl, write_jsonl
 from branchmerge.teachers.config import TeacherConfig
-from branchmerge.teachers.serve import running_server
+from branchmerge.teachers.engines import serve_checkpoint
 from branchmerge.train.branches import BranchPlan, train_branch
 from branchmerge.train.curriculum import CurriculumResult
 from branchmerge.train.sft_data import build_sft_examples
 
 
 @contextlib.contextmanager
-def teacher_endpoint(teacher: TeacherSpec, checkpoint: Path | None) -> Iterator[TeacherConfig]:
-    """The teacher as a client config; a local checkpoint is served on 127.0.0.1 while the block runs."""
+def teacher_endpoint(
+    teacher: TeacherSpec, checkpoint: Path | None, engine: str = "auto"
+) -> Iterator[TeacherConfig]:
+    """The teacher as a client config; a local checkpoint is served on 127.0.0.1 by `engine` while the block
+    runs."""
     passed = teacher.model_dump(exclude={"name", "generates", "checkpoint", "base_url", "model"})
     if checkpoint is not None:
-        with running_server(checkpoint) as url:
-            yield TeacherConfig(
-                name=teacher.name, base_url=url, model=teacher.model or checkpoint.name, **passed
-            )
+        model = teacher.model or checkpoint.name
+        with serve_checkpoint(checkpoint, engine=engine, model_name=model, what="engine") as url:
+            yield TeacherConfig(name=teacher.name, base_url=url, model=model, **passed)
     else:
         assert teacher.base_url is not None and teacher.model is not None
         yield TeacherConfig(name=teacher.name, base_url=teacher.base_url, model=teacher.model, **passed)
@@ -42,11 +44,12 @@ def generate_stage(
     checkpoint: Path | None,
     work: Path,
     show_progress: bool,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """Send every problem to the teacher over HTTP; a local checkpoint is served on 127.0.0.1 first."""
     from branchmerge.teachers.client import generate_traces
 
-    with teacher_endpoint(teacher, checkpoint) as cfg:
+    with teacher_endpoint(teacher, checkpoint, engine) as cfg:
         summary = generate_traces(
             problems,
             cfg,
@@ -76,6 +79,7 @@ def process_stage(
     student: Path,
     work: Path,
     show_progress: bool,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """The CoT processors over all teachers' traces; the judge (a recipe teacher) and, for difficulty by pass
     rate, the student are served while the steps run. Writes processed.jsonl and each step's counts."""
@@ -84,10 +88,10 @@ def process_stage(
     options = ProcessOptions.model_validate(spec.model_dump(exclude={"steps", "judge"}))
     by_student = "difficulty" in steps and options.difficulty.method == "student"
     with contextlib.ExitStack() as stack:
-        judge_cfg = stack.enter_context(teacher_endpoint(*judge)) if judge is not None else None
+        judge_cfg = stack.enter_context(teacher_endpoint(*judge, engine)) if judge is not None else None
         student_cfg = None
         if by_student:
-            url = stack.enter_context(running_server(student))
+            url = stack.enter_context(serve_checkpoint(student, engine=engine, model_name=student.name))
             student_cfg = TeacherConfig(name="student", base_url=url, model=student.name, max_concurrency=32)
         ctx = StepContext(work, "processed", judge_cfg, student_cfg, show_progress=show_progress)
         counts = process_traces(
@@ -239,6 +243,7 @@ def eval_stage(
     judge: TeacherConfig | None,
     work: Path,
     show_progress: bool,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     samples = evaluate_model(
         model_dir,
@@ -248,6 +253,7 @@ def eval_stage(
         benchmark=benchmark,
         judge=judge,
         show_progress=show_progress,
+        engine=engine,
         **sampling,
     )
     table = accuracy_table(samples)[name]

@@ -4,9 +4,13 @@
 
 where f_RV and f_CD come from reward models trained by `reward_model.train_reward_model` (see `rewards.py` for
 each term). Prompts are one user turn holding the problem's question; accuracy grades the answer after
-`</think>` with the problem's own grader and reference. Generation runs in transformers (no vLLM), so this works on
-a CPU; `max_completion_length` defaults to 4096 because TRL's 512 cuts reasoning mid-thought, and the share of
-completions that hit it is returned.
+`</think>` with the problem's own grader and reference. `max_completion_length` defaults to 4096 because TRL's 512
+cuts reasoning mid-thought, and the share of completions that hit it is returned.
+
+Generation (`engine`): "builtin" samples with transformers inside the trainer (works on a CPU); "vllm" uses TRL's
+own vLLM generation (`GRPOConfig(use_vllm=True, vllm_mode="colocate")`: vLLM runs in the training process on the
+same GPU, holding `vllm_gpu_memory_utilization` of its memory, and gets the new weights each step); "auto" picks
+vllm when vLLM is importable and a CUDA GPU is present. TRL 1.16 supports vLLM 0.22 to 0.31.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from datasets import Dataset, Features, Json, List, Value
@@ -23,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import Problem
+from branchmerge.teachers.engines import Engine, resolve_engine
 from branchmerge.train.reward_model import load_scorer
 from branchmerge.train.rewards import Scorer, grpo_rewards
 from branchmerge.train.trl_run import (
@@ -45,6 +50,10 @@ class GRPOSettings(RunSettings):
     max_completion_length: int = Field(4096, gt=0)
     temperature: float = Field(1.0, gt=0)
     beta: float = Field(0.0, ge=0)  # KL weight to the base; 0 (TRL's default) loads no reference model
+    engine: Engine = (
+        "auto"  # completions sampled by transformers (builtin) or by vLLM (see the module's docstring)
+    )
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)  # vLLM's share of the GPU (TRL's default)
 
     @model_validator(mode="after")
     def _whole_groups(self) -> GRPOSettings:
@@ -85,6 +94,17 @@ def grpo_dataset(problems: list[Problem]) -> Dataset:
     return Dataset.from_list(rows, features=_FEATURES)
 
 
+def generation_args(s: GRPOSettings, engine: Literal["builtin", "vllm"]) -> dict[str, Any]:
+    """The GRPOConfig fields that make `engine` (`s.engine` resolved) sample the completions."""
+    if engine == "builtin":
+        return {"use_vllm": False}
+    return {
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": s.vllm_gpu_memory_utilization,
+    }
+
+
 def _scorer(name: str, model_dir: str | Path | None, band: Band | None) -> tuple[Scorer, float, float] | None:
     if model_dir is None:
         if band is not None:
@@ -114,6 +134,8 @@ def train_grpo(
     from trl import GRPOConfig, GRPOTrainer
 
     s = settings or GRPOSettings()
+    # Before any loading: engine vllm without vLLM or a CUDA GPU is one error naming the field.
+    generation = generation_args(s, resolve_engine(s.engine, "grpo: engine"))
     base, start = begin_run(base_dir, problems, label, "problems to train on")
     funcs, weights = grpo_rewards(
         rv=_scorer("RV", rv_model, rv_band),
@@ -132,7 +154,7 @@ def train_grpo(
             temperature=s.temperature,
             beta=s.beta,
             reward_weights=weights,
-            use_vllm=False,
+            **generation,
         )
         trainer = GRPOTrainer(
             model=model,

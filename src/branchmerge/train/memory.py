@@ -8,7 +8,8 @@ transformers knows. What the trainers in this package hold, per parameter, follo
 parameter. Activations assume an attention kernel without the seq² score matrix (SDPA / flash), bf16 saved
 tensors per token and layer of about 7·hidden + 4·intermediate elements, fp32 logits and their gradient, and with
 gradient checkpointing one layer's input per layer plus one layer recomputed. One GiB of CUDA context and 10% for
-allocator fragmentation are added. Treat the result as ±25%: it tells 24 GB cards from 80 GB ones, not more.
+allocator fragmentation are added. The aim is ±25%: enough to tell 24 GB cards from 80 GB ones, not more
+(`benchmarks/gpu_check.py` compares it with a measured QLoRA run of a Qwen3-4B-shaped model on a GPU).
 """
 
 from __future__ import annotations
