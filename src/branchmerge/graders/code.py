@@ -27,7 +27,9 @@ import re
 import secrets
 from typing import Any
 
-from branchmerge.graders.base import Grade
+from pydantic import ConfigDict
+
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 from branchmerge.graders.sandbox import SandboxResult, python_argv, run_sandboxed
 
 _FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -161,7 +163,7 @@ def _stdin_tests(code: str, spec: dict[str, Any]) -> Grade:
     return Grade(True, "")
 
 
-def grade_code(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
+def _grade_code(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
     language = spec.get("language", "python")
     if language != "python":
         raise ValueError(f"code grader: language {language!r} is not supported (known: python)")
@@ -171,3 +173,14 @@ def grade_code(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
     if not code.strip():
         return Grade(False, "empty answer")
     return _tests_program(code, spec) if spec.get("tests") else _stdin_tests(code, spec)
+
+
+class CodeSpec(GraderSpec):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+def grade_code(answer: str, reference: str, spec: CodeSpec) -> Grade:
+    return _grade_code(answer, reference, spec.model_dump())
+
+
+CODE = Grader("code", CodeSpec, grade_code, needs_reference=lambda spec: False)

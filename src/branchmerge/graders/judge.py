@@ -47,7 +47,7 @@ from branchmerge.cot.judge import (
     verdict,
 )
 from branchmerge.errors import BranchmergeError
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 from branchmerge.records import Trace
 from branchmerge.teachers.config import TeacherConfig
 from branchmerge.teachers.thinking import THINK_OPEN, split_reasoning
@@ -254,5 +254,19 @@ def judge_many(items: Sequence[Item], show_progress: bool = False) -> list[Grade
         return pool.submit(asyncio.run, ajudge_many(items, show_progress)).result()
 
 
-def grade_judge(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
-    return judge_many([(answer, reference, spec)])[0]
+class JudgeSpec(GraderSpec):
+    """Checked by `_request` (question, rubric, threshold) and `_setup` (judge), which `judge_many` also uses."""
+
+    question: Any = None
+    rubric: Any = None
+    item: str = "-"
+    threshold: Any = None
+    prompt_version: int | None = None
+    judge: Any = None
+
+
+def grade_judge(answer: str, reference: str, spec: JudgeSpec) -> Grade:
+    return judge_many([(answer, reference, spec.model_dump(exclude_unset=True))])[0]
+
+
+JUDGE = Grader("judge", JudgeSpec, grade_judge, needs_judge=True)
