@@ -1,0 +1,549 @@
+"""Assert-style code tests, read by the grader (never run): which values to ask the solution for, and the checks
+to make on the plain values it sends back. See code.py for the protocol and the supported test shapes.
+
+`plan_tests(tests, entry_point)` parses every test with `ast` and returns a `Plan`: the probes the solution's
+process must evaluate, in order (a call of one of its functions with plain-data arguments, or an expression over
+its names), and the checks, each an `assert` expression that `run_check` evaluates here, in the grader, with each
+probe replaced by the value the solution returned. Everything the grader evaluates is plain data (numbers,
+strings, lists, tuples, dicts, sets, bytes, None) and a fixed list of pure functions, so no object of the
+solution's can take part in a comparison. A shape the grader cannot split this way raises `TestShapeError`
+naming the test and line: it is never run some other way, and never passes.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import copy
+import json
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+# Pure functions of plain data that a test may apply to a returned value (or to its own constants).
+SAFE_BUILTINS = {
+    name: getattr(builtins, name)
+    for name in (
+        "abs", "all", "any", "bool", "bytes", "chr", "complex", "dict", "divmod", "enumerate", "float",
+        "frozenset", "int", "isinstance", "len", "list", "max", "min", "ord", "pow", "range", "repr", "reversed",
+        "round", "set", "sorted", "str", "sum", "tuple", "type", "zip",
+    )
+} | {"True": True, "False": False, "None": None}  # fmt: skip
+SAFE_MODULES: dict[str, Any] = {"math": math, "json": json, "copy": copy}
+PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
+MAX_UNROLL = 10_000  # iterations of one `for` loop in a test
+
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_, ast.BitXor: operator.xor, ast.LShift: operator.lshift, ast.RShift: operator.rshift,
+}  # fmt: skip
+_UNARY: dict[type, Callable[[Any], Any]] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Not: operator.not_,
+    ast.Invert: operator.invert,
+}
+_COMPARE: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
+    ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+}  # fmt: skip
+# Nodes the grader evaluates itself; a node of any other kind that uses the solution is sent whole as a probe.
+_HERE = (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Subscript, ast.Tuple, ast.List,
+         ast.Set, ast.Dict, ast.Call, ast.Slice, ast.Starred, ast.keyword)  # fmt: skip
+
+
+class TestShapeError(ValueError):
+    """A test the grader cannot split into probes and plain-data checks."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One value the solution's process computes: `callee(*args, **kwargs)` or `expr` with `bound` names."""
+
+    callee: str | None = (
+        None  # "f" (a function of the solution) or "Solution().f" (a method of a fresh instance)
+    )
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    expr: str | None = None
+    bound: tuple[tuple[str, Any], ...] = ()  # the test's own names the expression uses (plain values)
+    aliases: tuple[tuple[str, str], ...] = ()  # e.g. ("candidate", "add") in HumanEval's check()
+    where: str = ""  # the test text it comes from, for details
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A test variable bound to an expression over probes (`r = candidate(x)`), evaluated with the check."""
+
+    node: ast.expr
+    env: dict[str, Any]
+    probes: dict[int, int]
+
+
+@dataclass(frozen=True)
+class Check:
+    test: int  # index in the spec's tests
+    line: int
+    source: str  # the assert statement, for details
+    node: ast.expr
+    env: dict[str, Any]
+    probes: dict[int, int]  # id(node) -> index in Plan.probes, for the probe nodes of this check
+
+
+@dataclass
+class Plan:
+    probes: list[Probe] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+
+class ProbeFailed(Exception):
+    """A probe the check needs did not give a value (it raised, returned non-plain data, or never ran)."""
+
+
+def _fail(test: int, node: ast.AST, source: str, why: str) -> TestShapeError:
+    line = getattr(node, "lineno", 0)
+    text = (ast.get_source_segment(source, node) or "").strip().splitlines()
+    snippet = f": {text[0][:100]!r}" if text else ""
+    return TestShapeError(f"tests[{test}] line {line}: {why}{snippet}")
+
+
+class _Planner:
+    def __init__(self, entry_point: str | None) -> None:
+        self.entry = entry_point
+        self.plan = Plan()
+        self.modules: dict[str, Any] = {}
+        self.unknown_modules: set[str] = set()
+        self.test, self.source = 0, ""
+
+    # --- names ---
+    def kind(self, name: str, env: dict[str, Any], aliases: dict[str, str]) -> str:
+        if name in aliases:
+            return "alias"
+        if name == "__import__":
+            return "import"  # only __import__('json') and the like: see _is_json_import
+        if name in env:
+            return "env"
+        if name == self.entry:
+            return "solution"
+        if name in self.modules:
+            return "module"
+        if name in self.unknown_modules:
+            return "unknown-module"
+        return "builtin" if name in SAFE_BUILTINS else "solution"
+
+    def uses_solution(self, node: ast.AST, env: dict[str, Any], aliases: dict[str, str]) -> bool:
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name) and (
+                self.kind(n.id, env, aliases) in ("alias", "solution") or isinstance(env.get(n.id), Deferred)
+            ):
+                return True
+        return False
+
+    def err(self, node: ast.AST, why: str) -> TestShapeError:
+        return _fail(self.test, node, self.source, why)
+
+    # --- statements ---
+    def module(self, test: int, source: str) -> None:
+        self.test, self.source = test, source
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as e:
+            raise TestShapeError(f"tests[{test}] line {e.lineno}: not valid Python: {e.msg}") from None
+        checks = {s.name: s for s in tree.body if isinstance(s, ast.FunctionDef) and s.name == "check"}
+        called = False
+        env: dict[str, Any] = {}
+        for stmt in tree.body:
+            if isinstance(stmt, ast.FunctionDef) and stmt.name == "check":
+                continue
+            if (
+                checks
+                and isinstance(stmt, ast.Expr)
+                and isinstance(stmt.value, ast.Call)
+                and isinstance(stmt.value.func, ast.Name)
+                and stmt.value.func.id == "check"
+            ):
+                call = stmt.value
+                if len(call.args) != 1 or not isinstance(call.args[0], ast.Name) or call.keywords:
+                    raise self.err(stmt, "check(...) must be called with the solution's function name")
+                self.check_body(checks["check"], call.args[0].id, env)
+                called = True
+                continue
+            self.statement(stmt, env, {})
+        if checks and not called:
+            if not self.entry:
+                raise self.err(
+                    checks["check"], "the tests define check(candidate) but the spec has no entry_point"
+                )
+            self.check_body(checks["check"], self.entry, env)
+
+    def check_body(self, fn: ast.FunctionDef, target: str, env: dict[str, Any]) -> None:
+        params = [a.arg for a in fn.args.args]
+        if len(params) != 1 or fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs or fn.decorator_list:
+            raise self.err(fn, "check must take exactly one argument (the candidate function)")
+        local = dict(env)
+        for stmt in fn.body:
+            self.statement(stmt, local, {params[0]: target})
+
+    def statement(self, stmt: ast.stmt, env: dict[str, Any], aliases: dict[str, str]) -> None:
+        if isinstance(stmt, ast.Assert):
+            self.assertion(stmt, env, aliases)
+        elif isinstance(stmt, ast.Pass):
+            pass
+        elif isinstance(stmt, ast.Import | ast.ImportFrom):
+            self.imports(stmt, env)
+        elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            self.assign(stmt.targets[0], stmt.value, env, aliases)
+        elif isinstance(stmt, ast.For) and not stmt.orelse:
+            self.loop(stmt, env, aliases)
+        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            pass  # a docstring or a bare constant
+        elif isinstance(stmt, ast.Expr) and self.uses_solution(stmt.value, env, aliases):
+            raise self.err(
+                stmt,
+                "a call whose result no assert checks (tests of in-place changes to arguments or of state "
+                "are not supported; assert on the returned value)",
+            )
+        else:
+            raise self.err(stmt, f"unsupported statement ({type(stmt).__name__}) in a test")
+
+    def imports(self, stmt: ast.Import | ast.ImportFrom, env: dict[str, Any]) -> None:
+        if isinstance(stmt, ast.Import):
+            for alias in stmt.names:
+                top = alias.name.split(".")[0]
+                name = alias.asname or top
+                if alias.name in SAFE_MODULES:
+                    self.modules[name] = SAFE_MODULES[alias.name]
+                else:
+                    self.unknown_modules.add(name)
+            return
+        module = SAFE_MODULES.get(stmt.module or "")
+        for alias in stmt.names:
+            name = alias.asname or alias.name
+            if module is not None and hasattr(module, alias.name) and not alias.name.startswith("_"):
+                env[name] = getattr(module, alias.name)
+            else:
+                self.unknown_modules.add(name)
+
+    def assign(self, target: ast.expr, value: ast.expr, env: dict[str, Any], aliases: dict[str, str]) -> None:
+        if isinstance(target, ast.Name) and self.uses_solution(value, env, aliases):
+            probes: dict[int, int] = {}
+            self.probe(value, env, aliases, probes)
+            env[target.id] = Deferred(value, dict(env), probes)
+            return
+        self.supported(value, env, aliases)
+        self.bind(target, self.value(value, env), env)
+
+    def bind(self, target: ast.expr, value: Any, env: dict[str, Any]) -> None:
+        if isinstance(target, ast.Name):
+            env[target.id] = value
+        elif isinstance(target, ast.Tuple | ast.List) and all(isinstance(t, ast.Name) for t in target.elts):
+            try:
+                values = list(value)
+            except TypeError:
+                raise self.err(target, "cannot unpack a non-sequence") from None
+            if len(values) != len(target.elts):
+                raise self.err(target, f"cannot unpack {len(values)} values into {len(target.elts)} names")
+            for t, v in zip(target.elts, values, strict=True):
+                env[t.id] = v  # type: ignore[attr-defined]
+        else:
+            raise self.err(target, "only names (or a tuple of names) can be assigned in a test")
+
+    def loop(self, stmt: ast.For, env: dict[str, Any], aliases: dict[str, str]) -> None:
+        if self.uses_solution(stmt.iter, env, aliases):
+            raise self.err(stmt, "a loop over values the solution returns is not supported")
+        self.supported(stmt.iter, env, aliases)
+        values = list(self.value(stmt.iter, env))
+        if len(values) > MAX_UNROLL:
+            raise self.err(stmt, f"a loop of more than {MAX_UNROLL} iterations")
+        for v in values:
+            self.bind(stmt.target, v, env)
+            for inner in stmt.body:
+                self.statement(inner, env, aliases)
+
+    def assertion(self, stmt: ast.Assert, env: dict[str, Any], aliases: dict[str, str]) -> None:
+        probes: dict[int, int] = {}
+        if self.uses_solution(stmt.test, env, aliases):
+            self.probe(stmt.test, env, aliases, probes)
+        else:
+            self.supported(stmt.test, env, aliases)
+        source = (ast.get_source_segment(self.source, stmt) or "").strip()
+        self.plan.checks.append(Check(self.test, stmt.lineno, source, stmt.test, dict(env), probes))
+
+    # --- expressions ---
+    def value(self, node: ast.expr, env: dict[str, Any]) -> Any:
+        """A test-side value computed now (the planner's own constants, loop ranges, call arguments)."""
+        try:
+            return evaluate(node, env, self.modules, {}, [])
+        except ProbeFailed:
+            raise self.err(
+                node, "a value computed from the solution's results cannot be an argument"
+            ) from None
+        except TestShapeError:
+            raise
+        except Exception as e:
+            raise self.err(node, f"the test's own expression failed: {type(e).__name__}: {e}") from None
+
+    def supported(self, node: ast.AST, env: dict[str, Any], aliases: dict[str, str]) -> None:
+        """Raise unless the grader can evaluate `node` itself (node kinds, names and functions it knows)."""
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name):
+                kind = self.kind(n.id, env, aliases)
+                if kind == "unknown-module":
+                    raise self.err(
+                        n, f"module {n.id!r} is not available to tests (known: {', '.join(SAFE_MODULES)})"
+                    )
+            elif isinstance(n, ast.Attribute):
+                if n.attr.startswith("_"):
+                    raise self.err(n, "attributes starting with '_' are not available to tests")
+            elif isinstance(n, ast.Call) and not _is_json_import(n):
+                if not isinstance(n.func, ast.Name | ast.Attribute):
+                    raise self.err(n, "only named functions and methods can be called here")
+                if isinstance(n.func, ast.Name) and self.kind(n.func.id, env, aliases) not in (
+                    "builtin",
+                    "env",
+                ):
+                    raise self.err(n, f"{n.func.id!r} is not a function tests may call")
+            elif not isinstance(
+                n, _HERE + (ast.Name, ast.Constant, ast.Load, ast.Attribute, ast.expr_context)
+            ):
+                if isinstance(n, ast.operator | ast.unaryop | ast.cmpop | ast.boolop):
+                    continue
+                raise self.err(n, f"unsupported expression ({type(n).__name__}) in a test")
+
+    def probe(
+        self, node: ast.expr, env: dict[str, Any], aliases: dict[str, str], probes: dict[int, int]
+    ) -> None:
+        """Split `node` (which uses the solution) into probes, recorded in `probes` by node id."""
+        if not self.uses_solution(node, env, aliases):
+            self.supported(node, env, aliases)
+            return
+        if isinstance(node, ast.Name) and isinstance(env.get(node.id), Deferred):
+            return  # evaluated with the check from its own probes
+        callee = self.callee(node, env, aliases)
+        if callee is not None:
+            assert isinstance(node, ast.Call)
+            args = self.call_args(node, env)
+            kwargs = tuple((k.arg, self.value(k.value, env)) for k in node.keywords if k.arg)
+            self.add(node, probes, Probe(callee=callee, args=args, kwargs=kwargs, where=self.where(node)))
+            return
+        if self.grader_side(node, env, aliases):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.expr):
+                    self.probe(child, env, aliases, probes)
+                elif isinstance(child, ast.keyword):
+                    self.probe(child.value, env, aliases, probes)
+            return
+        self.opaque(node, env, aliases, probes)
+
+    def grader_side(self, node: ast.expr, env: dict[str, Any], aliases: dict[str, str]) -> bool:
+        """Whether the grader applies `node`'s own operation (an operator, a display, a known pure function) to
+        operands that may be probes. A method call or attribute of the solution's result is not: the solution
+        evaluates it (`candidate(x).lower()`, `Solution(2).f()`), and its result must be plain data."""
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Name):
+                return self.kind(f.id, env, aliases) in ("builtin", "env")
+            return _is_module_call(node, self.modules)
+        return isinstance(node, _HERE)
+
+    def callee(self, node: ast.expr, env: dict[str, Any], aliases: dict[str, str]) -> str | None:
+        """ "f" / "Solution().f" when `node` calls the solution with arguments the grader can compute, else None."""
+        if not isinstance(node, ast.Call) or any(k.arg is None for k in node.keywords):
+            return None
+        if any(self.uses_solution(a, env, aliases) for a in [*node.args, *(k.value for k in node.keywords)]):
+            return None
+        f = node.func
+        if isinstance(f, ast.Name) and self.kind(f.id, env, aliases) in ("alias", "solution"):
+            return aliases.get(f.id, f.id)
+        if (
+            isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Call)
+            and isinstance(f.value.func, ast.Name)
+            and not f.value.args
+            and not f.value.keywords
+            and self.kind(f.value.func.id, env, aliases) == "solution"
+            and not f.attr.startswith("_")
+        ):
+            return f"{f.value.func.id}().{f.attr}"
+        return None
+
+    def call_args(self, node: ast.Call, env: dict[str, Any]) -> tuple[Any, ...]:
+        args: list[Any] = []
+        for a in node.args:
+            self.supported(a, env, {})
+            if isinstance(a, ast.Starred):
+                args.extend(self.value(a.value, env))
+            else:
+                args.append(self.value(a, env))
+        return tuple(args)
+
+    def opaque(
+        self, node: ast.expr, env: dict[str, Any], aliases: dict[str, str], probes: dict[int, int]
+    ) -> None:
+        """`node` evaluated whole by the solution's process. It must not hold a comparison against a value of
+        the test's (that value would be in the solution's hands), so ==, <, in ... are refused inside it."""
+        for n in ast.walk(node):
+            if isinstance(n, ast.Compare) and (
+                not all(isinstance(op, ast.Is | ast.IsNot) for op in n.ops)
+                or any(isinstance(x, ast.Constant) for x in [n.left, *n.comparators])
+            ):
+                why = "a comparison inside an expression the solution evaluates (compare outside it)"
+                raise self.err(n, why)
+            if isinstance(n, ast.Name) and self.kind(n.id, env, aliases) == "unknown-module":
+                raise self.err(n, f"module {n.id!r} is not available to tests")
+            if isinstance(n, ast.Name) and isinstance(env.get(n.id), Deferred):
+                raise self.err(
+                    n, "a variable holding a result cannot be used inside a solution-side expression"
+                )
+        names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        bound = tuple(sorted((k, env[k]) for k in names if k in env and k not in aliases))
+        for k, v in bound:
+            if not _plain(v):
+                raise self.err(node, f"the test's name {k!r} is not plain data")
+        used = tuple(sorted((a, t) for a, t in aliases.items() if a in names))
+        self.add(
+            node, probes, Probe(expr=ast.unparse(node), bound=bound, aliases=used, where=self.where(node))
+        )
+
+    def add(self, node: ast.expr, probes: dict[int, int], probe: Probe) -> None:
+        probes[id(node)] = len(self.plan.probes)
+        self.plan.probes.append(probe)
+
+    def where(self, node: ast.expr) -> str:
+        return ast.unparse(node)[:120]
+
+
+def _is_json_import(node: ast.AST) -> bool:
+    """`__import__('json')` (LiveCodeBench functional tests written by older versions of code_sets.py)."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "__import__"
+        and len(node.args) == 1
+        and isinstance(node.args[0], ast.Constant)
+        and node.args[0].value in SAFE_MODULES
+    )
+
+
+def _is_module_call(node: ast.Call, modules: dict[str, Any]) -> bool:
+    f = node.func
+    return isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in modules
+
+
+def _plain(v: Any) -> bool:
+    if type(v) in (list, tuple, set, frozenset):
+        return all(_plain(x) for x in v)
+    if type(v) is dict:
+        return all(_plain(k) and _plain(x) for k, x in v.items())
+    return type(v) in PLAIN
+
+
+def evaluate(
+    node: ast.AST, env: dict[str, Any], modules: dict[str, Any], probes: dict[int, int], got: list[Any]
+) -> Any:
+    """Evaluate a test expression in the grader: `got[probes[id(n)]]` stands for each probe node `n` (a
+    ProbeFailed instance there is raised). Only plain data and the known pure functions are ever touched."""
+
+    def ev(n: ast.AST) -> Any:
+        if id(n) in probes:
+            value = got[probes[id(n)]]
+            if isinstance(value, ProbeFailed):
+                raise value
+            return value
+        if isinstance(n, ast.Constant):
+            return n.value
+        if isinstance(n, ast.Name):
+            if n.id in env:
+                v = env[n.id]
+                return evaluate(v.node, v.env, modules, v.probes, got) if isinstance(v, Deferred) else v
+            if n.id in modules:
+                return modules[n.id]
+            if n.id in SAFE_BUILTINS:
+                return SAFE_BUILTINS[n.id]
+            raise NameError(n.id)
+        if isinstance(n, ast.Tuple):
+            return tuple(_items(n.elts))
+        if isinstance(n, ast.List):
+            return list(_items(n.elts))
+        if isinstance(n, ast.Set):
+            return set(_items(n.elts))
+        if isinstance(n, ast.Dict):
+            out: dict[Any, Any] = {}
+            for k, v in zip(n.keys, n.values, strict=True):
+                if k is None:
+                    out.update(ev(v))
+                else:
+                    out[ev(k)] = ev(v)
+            return out
+        if isinstance(n, ast.BinOp):
+            return _BINARY[type(n.op)](ev(n.left), ev(n.right))
+        if isinstance(n, ast.UnaryOp):
+            return _UNARY[type(n.op)](ev(n.operand))
+        if isinstance(n, ast.BoolOp):
+            result = None
+            for v in n.values:
+                result = ev(v)
+                if isinstance(n.op, ast.And) != bool(result):
+                    return result
+            return result
+        if isinstance(n, ast.Compare):
+            left = ev(n.left)
+            for op, right_node in zip(n.ops, n.comparators, strict=True):
+                right = ev(right_node)
+                if not _COMPARE[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        if isinstance(n, ast.IfExp):
+            return ev(n.body) if ev(n.test) else ev(n.orelse)
+        if isinstance(n, ast.Subscript):
+            return ev(n.value)[ev(n.slice)]
+        if isinstance(n, ast.Slice):
+            return slice(*(None if x is None else ev(x) for x in (n.lower, n.upper, n.step)))
+        if isinstance(n, ast.Attribute):
+            base = ev(n.value)
+            known = any(base is m for m in SAFE_MODULES.values())
+            if n.attr.startswith("_") or not (known or type(base) in PLAIN):
+                raise TestShapeError(f"attribute {n.attr!r} is not available to tests")
+            return getattr(base, n.attr)
+        if isinstance(n, ast.Call):
+            if _is_json_import(n):
+                return SAFE_MODULES[n.args[0].value]  # type: ignore[attr-defined]
+            f = ev(n.func)
+            args = _items(n.args)
+            kwargs = {k.arg: ev(k.value) for k in n.keywords if k.arg}
+            return f(*args, **kwargs)
+        raise TestShapeError(f"unsupported expression ({type(n).__name__})")
+
+    def _items(nodes: list[ast.expr]) -> list[Any]:
+        out: list[Any] = []
+        for x in nodes:
+            if isinstance(x, ast.Starred):
+                out.extend(ev(x.value))
+            else:
+                out.append(ev(x))
+        return out
+
+    return ev(node)
+
+
+@lru_cache(maxsize=256)
+def plan_tests(tests: tuple[str, ...], entry_point: str | None) -> Plan:
+    """The probes and checks of `tests` (cached: the same problem is graded for many answers)."""
+    planner = _Planner(entry_point)
+    for i, text in enumerate(tests):
+        planner.module(i, text)
+    if not planner.plan.probes:
+        raise TestShapeError("tests: no test calls a function of the solution")
+    return planner.plan
+
+
+def run_check(check: Check, modules: dict[str, Any], got: list[Any]) -> bool:
+    """The check's verdict on the plain values `got` (one per probe); ProbeFailed when a probe it needs failed.
+    Any other exception in the test's own expression (a TypeError comparing, say) fails the check."""
+    return bool(evaluate(check.node, check.env, modules, check.probes, got))
