@@ -221,3 +221,30 @@ def test_the_detail_says_why_a_hack_failed() -> None:
     assert "ended before the tests finished" in g.detail
     g = grade(_answer(HACKS["infinite loop"]), "", {**MBPP, "timeout_s": 2})
     assert "timeout" in g.detail and "test 0" in g.detail
+
+
+def test_helpers_the_check_uses_are_the_graders_not_the_solutions() -> None:
+    """math.isclose, set and sorted in an assert run in the grader: patching or shadowing them in the solution's
+    process changes nothing."""
+    spec = {
+        "type": "code",
+        "tests": [
+            "assert math.isclose(area(2), 12.566, rel_tol=1e-3)",
+            "assert set(common([3, 4, 5], [5, 4])) == {4, 5}",
+            "assert sorted(common([1, 2], [2, 1])) == [1, 2]",
+        ],
+    }
+    right = (
+        "import math\ndef area(r):\n    return math.pi * r * r\n"
+        "def common(a, b):\n    return [x for x in a if x in b]\n"
+    )
+    hack = (
+        "import builtins, math\nmath.isclose = lambda *a, **k: True\n"
+        "builtins.set = lambda *a: {4, 5}\nbuiltins.sorted = lambda *a, **k: [1, 2]\n"
+        "def isclose(*a, **k):\n    return True\n"
+        "def area(r):\n    return 0.0\n"
+        "def common(a, b):\n    return []\n"
+    )
+    grades = grade_many([(right, "", spec), (hack, "", spec)])
+    assert grades[0].passed, grades[0]
+    assert not grades[1].passed and "area(2) -> 0.0" in grades[1].detail

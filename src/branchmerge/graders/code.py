@@ -172,12 +172,11 @@ def _assert_tests(code: str, plan: Plan, spec: CodeSpec) -> Grade:
     got, load_error = _outcomes(run, plan.probes)
     if load_error:
         return Grade(False, load_error)
-    modules = {"math": math}
     for check in plan.checks:
         line = f" (line {check.line})" if check.line > 1 else ""
         where = f"test {check.test} failed: {check.source[:100]}{line}"
         try:
-            ok = run_check(check, modules, got)
+            ok = run_check(check, plan.modules, got)
         except ProbeFailed as e:
             return Grade(False, f"{where}: {_probe_of(check, plan, got, e)} {e}")
         except Exception as e:  # the assert's own expression failed on the returned values, as `assert` would

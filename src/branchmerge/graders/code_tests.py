@@ -13,52 +13,26 @@ naming the test and line: it is never run some other way, and never passes.
 from __future__ import annotations
 
 import ast
-import builtins
-import copy
-import json
-import math
-import operator
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-# Pure functions of plain data that a test may apply to a returned value (or to its own constants).
-SAFE_BUILTINS = {
-    name: getattr(builtins, name)
-    for name in (
-        "abs", "all", "any", "bool", "bytes", "chr", "complex", "dict", "divmod", "enumerate", "float",
-        "frozenset", "int", "isinstance", "len", "list", "max", "min", "ord", "pow", "range", "repr", "reversed",
-        "round", "set", "sorted", "str", "sum", "tuple", "type", "zip",
-    )
-} | {"True": True, "False": False, "None": None}  # fmt: skip
-SAFE_MODULES: dict[str, Any] = {"math": math, "json": json, "copy": copy}
-PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
+from branchmerge.graders.code_eval import (
+    SAFE_BUILTINS,
+    SAFE_MODULES,
+    Deferred,
+    ProbeFailed,
+    TestShapeError,
+    evaluate,
+    is_json_import,
+    plain,
+)
+
 MAX_UNROLL = 10_000  # iterations of one `for` loop in a test
 
-_BINARY: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.BitAnd: operator.and_,
-    ast.BitOr: operator.or_, ast.BitXor: operator.xor, ast.LShift: operator.lshift, ast.RShift: operator.rshift,
-}  # fmt: skip
-_UNARY: dict[type, Callable[[Any], Any]] = {
-    ast.USub: operator.neg,
-    ast.UAdd: operator.pos,
-    ast.Not: operator.not_,
-    ast.Invert: operator.invert,
-}
-_COMPARE: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
-    ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
-}  # fmt: skip
 # Nodes the grader evaluates itself; a node of any other kind that uses the solution is sent whole as a probe.
 _HERE = (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Subscript, ast.Tuple, ast.List,
          ast.Set, ast.Dict, ast.Call, ast.Slice, ast.Starred, ast.keyword)  # fmt: skip
-
-
-class TestShapeError(ValueError):
-    """A test the grader cannot split into probes and plain-data checks."""
 
 
 @dataclass(frozen=True)
@@ -77,15 +51,6 @@ class Probe:
 
 
 @dataclass(frozen=True)
-class Deferred:
-    """A test variable bound to an expression over probes (`r = candidate(x)`), evaluated with the check."""
-
-    node: ast.expr
-    env: dict[str, Any]
-    probes: dict[int, int]
-
-
-@dataclass(frozen=True)
 class Check:
     test: int  # index in the spec's tests
     line: int
@@ -99,10 +64,7 @@ class Check:
 class Plan:
     probes: list[Probe] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
-
-
-class ProbeFailed(Exception):
-    """A probe the check needs did not give a value (it raised, returned non-plain data, or never ran)."""
+    modules: dict[str, Any] = field(default_factory=dict)  # `import math as m` and the like
 
 
 def _fail(test: int, node: ast.AST, source: str, why: str) -> TestShapeError:
@@ -125,13 +87,13 @@ class _Planner:
         if name in aliases:
             return "alias"
         if name == "__import__":
-            return "import"  # only __import__('json') and the like: see _is_json_import
+            return "import"  # only __import__('json') and the like: see is_json_import
         if name in env:
             return "env"
         if name == self.entry:
             return "solution"
-        if name in self.modules:
-            return "module"
+        if name in self.modules or (name in SAFE_MODULES and name not in self.unknown_modules):
+            return "module"  # math, json and copy need no import (MBPP keeps its imports in another column)
         if name in self.unknown_modules:
             return "unknown-module"
         return "builtin" if name in SAFE_BUILTINS else "solution"
@@ -202,6 +164,15 @@ class _Planner:
             self.loop(stmt, env, aliases)
         elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
             pass  # a docstring or a bare constant
+        elif (
+            isinstance(stmt, ast.Expr)
+            and isinstance(stmt.value, ast.Call)
+            and isinstance(stmt.value.func, ast.Name)
+            and stmt.value.func.id == "print"
+            and self.kind("print", env, aliases) == "solution"
+            and self.entry != "print"
+        ):
+            pass  # the test's own output checks nothing
         elif isinstance(stmt, ast.Expr) and self.uses_solution(stmt.value, env, aliases):
             raise self.err(
                 stmt,
@@ -300,7 +271,7 @@ class _Planner:
             elif isinstance(n, ast.Attribute):
                 if n.attr.startswith("_"):
                     raise self.err(n, "attributes starting with '_' are not available to tests")
-            elif isinstance(n, ast.Call) and not _is_json_import(n):
+            elif isinstance(n, ast.Call) and not is_json_import(n):
                 if not isinstance(n.func, ast.Name | ast.Attribute):
                     raise self.err(n, "only named functions and methods can be called here")
                 if isinstance(n.func, ast.Name) and self.kind(n.func.id, env, aliases) not in (
@@ -348,8 +319,22 @@ class _Planner:
             f = node.func
             if isinstance(f, ast.Name):
                 return self.kind(f.id, env, aliases) in ("builtin", "env")
-            return _is_module_call(node, self.modules)
+            return (
+                isinstance(f, ast.Attribute)
+                and isinstance(f.value, ast.Name)
+                and (self.kind(f.value.id, env, aliases) == "module")
+            )
         return isinstance(node, _HERE)
+
+    def judged_by_solution(self, node: ast.Call, env: dict[str, Any], aliases: dict[str, str]) -> bool:
+        """`helper(f(x), 12.5)`: a function the tests do not define, other than the one under test, given a
+        result of the solution's; it could answer whatever the check wants."""
+        f = node.func
+        if isinstance(f, ast.Name) and (f.id in aliases or f.id == self.entry):
+            return False
+        inner = [a for a in [*node.args, *(k.value for k in node.keywords)] for n in ast.walk(a)
+                 if isinstance(n, ast.Call) and self.uses_solution(n.func, env, aliases)]  # fmt: skip
+        return bool(inner)
 
     def callee(self, node: ast.expr, env: dict[str, Any], aliases: dict[str, str]) -> str | None:
         """ "f" / "Solution().f" when `node` calls the solution with arguments the grader can compute, else None."""
@@ -388,14 +373,19 @@ class _Planner:
         """`node` evaluated whole by the solution's process. It must not hold a comparison against a value of
         the test's (that value would be in the solution's hands), so ==, <, in ... are refused inside it."""
         for n in ast.walk(node):
+            if isinstance(n, ast.Name) and self.kind(n.id, env, aliases) == "unknown-module":
+                raise self.err(n, f"module {n.id!r} is not available to tests")
+        for n in ast.walk(node):
             if isinstance(n, ast.Compare) and (
                 not all(isinstance(op, ast.Is | ast.IsNot) for op in n.ops)
                 or any(isinstance(x, ast.Constant) for x in [n.left, *n.comparators])
             ):
                 why = "a comparison inside an expression the solution evaluates (compare outside it)"
                 raise self.err(n, why)
-            if isinstance(n, ast.Name) and self.kind(n.id, env, aliases) == "unknown-module":
-                raise self.err(n, f"module {n.id!r} is not available to tests")
+            if isinstance(n, ast.Call) and self.judged_by_solution(n, env, aliases):
+                raise self.err(
+                    n, "a solution function applied to another's result (it would judge that result)"
+                )
             if isinstance(n, ast.Name) and isinstance(env.get(n.id), Deferred):
                 raise self.err(
                     n, "a variable holding a result cannot be used inside a solution-side expression"
@@ -403,7 +393,7 @@ class _Planner:
         names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
         bound = tuple(sorted((k, env[k]) for k in names if k in env and k not in aliases))
         for k, v in bound:
-            if not _plain(v):
+            if not plain(v):
                 raise self.err(node, f"the test's name {k!r} is not plain data")
         used = tuple(sorted((a, t) for a, t in aliases.items() if a in names))
         self.add(
@@ -418,126 +408,13 @@ class _Planner:
         return ast.unparse(node)[:120]
 
 
-def _is_json_import(node: ast.AST) -> bool:
-    """`__import__('json')` (LiveCodeBench functional tests written by older versions of code_sets.py)."""
-    return (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id == "__import__"
-        and len(node.args) == 1
-        and isinstance(node.args[0], ast.Constant)
-        and node.args[0].value in SAFE_MODULES
-    )
-
-
-def _is_module_call(node: ast.Call, modules: dict[str, Any]) -> bool:
-    f = node.func
-    return isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in modules
-
-
-def _plain(v: Any) -> bool:
-    if type(v) in (list, tuple, set, frozenset):
-        return all(_plain(x) for x in v)
-    if type(v) is dict:
-        return all(_plain(k) and _plain(x) for k, x in v.items())
-    return type(v) in PLAIN
-
-
-def evaluate(
-    node: ast.AST, env: dict[str, Any], modules: dict[str, Any], probes: dict[int, int], got: list[Any]
-) -> Any:
-    """Evaluate a test expression in the grader: `got[probes[id(n)]]` stands for each probe node `n` (a
-    ProbeFailed instance there is raised). Only plain data and the known pure functions are ever touched."""
-
-    def ev(n: ast.AST) -> Any:
-        if id(n) in probes:
-            value = got[probes[id(n)]]
-            if isinstance(value, ProbeFailed):
-                raise value
-            return value
-        if isinstance(n, ast.Constant):
-            return n.value
-        if isinstance(n, ast.Name):
-            if n.id in env:
-                v = env[n.id]
-                return evaluate(v.node, v.env, modules, v.probes, got) if isinstance(v, Deferred) else v
-            if n.id in modules:
-                return modules[n.id]
-            if n.id in SAFE_BUILTINS:
-                return SAFE_BUILTINS[n.id]
-            raise NameError(n.id)
-        if isinstance(n, ast.Tuple):
-            return tuple(_items(n.elts))
-        if isinstance(n, ast.List):
-            return list(_items(n.elts))
-        if isinstance(n, ast.Set):
-            return set(_items(n.elts))
-        if isinstance(n, ast.Dict):
-            out: dict[Any, Any] = {}
-            for k, v in zip(n.keys, n.values, strict=True):
-                if k is None:
-                    out.update(ev(v))
-                else:
-                    out[ev(k)] = ev(v)
-            return out
-        if isinstance(n, ast.BinOp):
-            return _BINARY[type(n.op)](ev(n.left), ev(n.right))
-        if isinstance(n, ast.UnaryOp):
-            return _UNARY[type(n.op)](ev(n.operand))
-        if isinstance(n, ast.BoolOp):
-            result = None
-            for v in n.values:
-                result = ev(v)
-                if isinstance(n.op, ast.And) != bool(result):
-                    return result
-            return result
-        if isinstance(n, ast.Compare):
-            left = ev(n.left)
-            for op, right_node in zip(n.ops, n.comparators, strict=True):
-                right = ev(right_node)
-                if not _COMPARE[type(op)](left, right):
-                    return False
-                left = right
-            return True
-        if isinstance(n, ast.IfExp):
-            return ev(n.body) if ev(n.test) else ev(n.orelse)
-        if isinstance(n, ast.Subscript):
-            return ev(n.value)[ev(n.slice)]
-        if isinstance(n, ast.Slice):
-            return slice(*(None if x is None else ev(x) for x in (n.lower, n.upper, n.step)))
-        if isinstance(n, ast.Attribute):
-            base = ev(n.value)
-            known = any(base is m for m in SAFE_MODULES.values())
-            if n.attr.startswith("_") or not (known or type(base) in PLAIN):
-                raise TestShapeError(f"attribute {n.attr!r} is not available to tests")
-            return getattr(base, n.attr)
-        if isinstance(n, ast.Call):
-            if _is_json_import(n):
-                return SAFE_MODULES[n.args[0].value]  # type: ignore[attr-defined]
-            f = ev(n.func)
-            args = _items(n.args)
-            kwargs = {k.arg: ev(k.value) for k in n.keywords if k.arg}
-            return f(*args, **kwargs)
-        raise TestShapeError(f"unsupported expression ({type(n).__name__})")
-
-    def _items(nodes: list[ast.expr]) -> list[Any]:
-        out: list[Any] = []
-        for x in nodes:
-            if isinstance(x, ast.Starred):
-                out.extend(ev(x.value))
-            else:
-                out.append(ev(x))
-        return out
-
-    return ev(node)
-
-
 @lru_cache(maxsize=256)
 def plan_tests(tests: tuple[str, ...], entry_point: str | None) -> Plan:
     """The probes and checks of `tests` (cached: the same problem is graded for many answers)."""
     planner = _Planner(entry_point)
     for i, text in enumerate(tests):
         planner.module(i, text)
+    planner.plan.modules = planner.modules
     if not planner.plan.probes:
         raise TestShapeError("tests: no test calls a function of the solution")
     return planner.plan
