@@ -164,3 +164,20 @@ def test_values_returned_cannot_blow_up_the_grader() -> None:
     for check, got in zip(plan.checks, (["ab" * 100, 0, 0], [0, 10**9, 0], [0, 0, 10**12]), strict=True):
         with pytest.raises(OverflowError):
             run_check(check, {}, got)
+
+
+def test_the_tests_own_comprehensions_random_draws_and_prints_are_read_here() -> None:
+    program = (
+        "def check(candidate):\n    print\n    import random\n"
+        "    xs = list(range(-5, 6))\n    want = sum([x * x for x in xs if x % 2 != 0 and x > 0])\n"
+        "    assert candidate(xs) == want\n"
+        "    for _ in range(3):\n        a = random.randint(0, 100)\n        assert candidate([a]) == a * a * (a % 2)\n"
+    )
+    plan = plan_tests((program,), "odd_squares")
+    assert plan.probes[0].args == (list(range(-5, 6)),)
+    again = plan_tests((program + "\n",), "odd_squares")  # read afresh: the same seeded draws
+    assert [p.args for p in again.probes] == [p.args for p in plan.probes]
+    draws = [p.args[0][0] for p in plan.probes[1:]]
+    right = [35] + [a * a * (a % 2) for a in draws]
+    assert _verdicts(plan, right) == [True] * 4
+    assert _verdicts(plan, [34, *right[1:]]) == [False, True, True, True]

@@ -20,13 +20,15 @@ or files, printing a fake verdict or monkeypatching builtins can at most change 
 value that is not plain data (an object with its own __eq__, a subclass of int/str/list, a function) fails.
 
 Supported test shapes (anything else is a grader error naming the test and line, never a pass):
-- statements: `assert EXPR[, msg]`; `import math` / `json` / `copy` and `from math import isclose`-style
-  imports (other imports are allowed until a test uses the module); `NAME = EXPR` (the test's own value, or a
-  result: `r = candidate(3)` then `assert r == 9`); `for NAME in EXPR:` over the test's own values (unrolled, at
-  most 10,000 iterations); `pass` and docstrings; HumanEval's `def check(candidate): ...`, run by a
-  top-level `check(name)` call or, without one, on `entry_point`.
+- statements: `assert EXPR[, msg]`; imports of math, json, copy, string and random (`from math import
+  isclose` too; math/json/copy/string/random need no import; random is seeded with 0, so a test that draws its
+  inputs asks the same calls every time; other imports are allowed until a test uses the module); `NAME = EXPR`
+  (the test's own value, or a result: `r = candidate(3)` then `assert r == 9`); `for NAME in EXPR:` over the
+  test's own values (unrolled, at most 10,000 iterations); `pass`, docstrings and `print`; HumanEval's
+  `def check(candidate): ...`, run by a top-level `check(name)` call or, without one, on `entry_point`.
 - in an assert, the grader evaluates constants, names, tuples/lists/sets/dicts, arithmetic, comparisons
-  (`==`, `!=`, `<`, `is`, `in`, chained), `and`/`or`/`not`, `x if c else y`, indexing and slicing, the pure
+  (`==`, `!=`, `<`, `is`, `in`, chained), `and`/`or`/`not`, `x if c else y`, indexing and slicing,
+  comprehensions over the test's own values, the pure
   built-ins abs, all, any, bool, bytes, chr, complex, dict, divmod, enumerate, float, frozenset, int,
   isinstance, len, list, max, min, ord, pow, range, repr, reversed, round, set, sorted, str, sum, tuple, type,
   zip, the functions of math/json/copy (so `math.isclose(f(x), 2.5, rel_tol=1e-6)`,
@@ -38,7 +40,11 @@ Supported test shapes (anything else is a grader error naming the test and line,
   expression may not hold a comparison other than `is` between two non-constants, since the solution would
   see (and could fake) the value it is compared with: `all(f(x) == y for ...)` is refused.
 - refused: a call statement whose result no assert checks (`f(lst)` then `assert lst == [...]`), loops over
-  returned values, `if`/`while`/`try`/`with`, helper functions or classes defined in the tests, other modules.
+  returned values, a result passed on to another of the solution's functions (`helper(f(x), 2.5)` would let
+  the solution judge itself; `enc = encode(s)` then `assert candidate(enc) == s` would let it make its own
+  input), `if`/`while`/`try`/`with`, helper functions or classes defined in the tests, other modules. On
+  HumanEval (164 tasks) this reads 161; the three refused are 32, 38 and 50, whose checks rely on helpers of
+  the prompt, i.e. of the answer.
 Arguments are copies: each probe's arguments are decoded afresh in the solution's process, so a solution that
 mutates its arguments changes nothing the grader sees, and an assert that a test's own variable was (or was
 not) changed checks the test's unchanged value. A probe that raises, returns something not plain data, or never

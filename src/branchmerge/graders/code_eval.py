@@ -15,6 +15,7 @@ import copy
 import json
 import math
 import operator
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,7 @@ SAFE_BUILTINS = {
         "round", "set", "sorted", "str", "sum", "tuple", "type", "zip",
     )
 } | {"True": True, "False": False, "None": None, "range": _range}  # fmt: skip
-SAFE_MODULES: dict[str, Any] = {"math": math, "json": json, "copy": copy}
+SAFE_MODULES: dict[str, Any] = {"math": math, "json": json, "copy": copy, "string": string}
 PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: _mul, ast.Div: operator.truediv,
@@ -180,10 +181,12 @@ def evaluate(
             return slice(*(None if x is None else ev(x) for x in (n.lower, n.upper, n.step)))
         if isinstance(n, ast.Attribute):
             base = ev(n.value)
-            known = any(base is m for m in SAFE_MODULES.values())
+            known = any(base is m for m in (*SAFE_MODULES.values(), *modules.values()))
             if n.attr.startswith("_") or not (known or type(base) in PLAIN):
                 raise TestShapeError(f"attribute {n.attr!r} is not available to tests")
             return getattr(base, n.attr)
+        if isinstance(n, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+            return _comprehension(n)
         if isinstance(n, ast.Call):
             if is_json_import(n):
                 return SAFE_MODULES[n.args[0].value]  # type: ignore[attr-defined]
@@ -192,6 +195,37 @@ def evaluate(
             kwargs = {k.arg: ev(k.value) for k in n.keywords if k.arg}
             return f(*args, **kwargs)
         raise TestShapeError(f"unsupported expression ({type(n).__name__})")
+
+    def _comprehension(n: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp) -> Any:
+        out: list[Any] = []
+
+        def run(i: int, scope: dict[str, Any]) -> None:
+            if i == len(n.generators):
+                if isinstance(n, ast.DictComp):
+                    out.append(
+                        (
+                            evaluate(n.key, scope, modules, probes, got),
+                            evaluate(n.value, scope, modules, probes, got),
+                        )
+                    )
+                else:
+                    out.append(evaluate(n.elt, scope, modules, probes, got))
+                if len(out) > LIMIT:
+                    raise OverflowError("comprehension too long for a test")
+                return
+            g = n.generators[i]
+            for v in evaluate(g.iter, scope, modules, probes, got):
+                inner = dict(scope)
+                _bind(g.target, v, inner)
+                if all(evaluate(c, inner, modules, probes, got) for c in g.ifs):
+                    run(i + 1, inner)
+
+        run(0, env)
+        if isinstance(n, ast.DictComp):
+            return dict(out)
+        return (
+            set(out) if isinstance(n, ast.SetComp) else iter(out) if isinstance(n, ast.GeneratorExp) else out
+        )
 
     def _items(nodes: list[ast.expr]) -> list[Any]:
         out: list[Any] = []
@@ -203,3 +237,16 @@ def evaluate(
         return out
 
     return ev(node)
+
+
+def _bind(target: ast.expr, value: Any, scope: dict[str, Any]) -> None:
+    if isinstance(target, ast.Name):
+        scope[target.id] = value
+    elif isinstance(target, ast.Tuple | ast.List):
+        values = list(value)
+        if len(values) != len(target.elts):
+            raise ValueError(f"cannot unpack {len(values)} values into {len(target.elts)} names")
+        for t, v in zip(target.elts, values, strict=True):
+            _bind(t, v, scope)
+    else:
+        raise TestShapeError("only names can be bound in a comprehension")

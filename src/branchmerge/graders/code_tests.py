@@ -13,6 +13,7 @@ naming the test and line: it is never run some other way, and never passes.
 from __future__ import annotations
 
 import ast
+import random
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -67,6 +68,26 @@ class Plan:
     modules: dict[str, Any] = field(default_factory=dict)  # `import math as m` and the like
 
 
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp, ast.comprehension)
+
+
+def _comprehension_names(node: ast.AST) -> set[str]:
+    """Names bound by the comprehensions inside `node` (the test's own loop variables there)."""
+    return {
+        t.id
+        for c in ast.walk(node)
+        if isinstance(c, ast.comprehension)
+        for t in ast.walk(c.target)
+        if isinstance(t, ast.Name)
+    }
+
+
+def _is_print(node: ast.expr) -> bool:
+    if isinstance(node, ast.Call):
+        node = node.func
+    return isinstance(node, ast.Name) and node.id == "print"
+
+
 def _fail(test: int, node: ast.AST, source: str, why: str) -> TestShapeError:
     line = getattr(node, "lineno", 0)
     text = (ast.get_source_segment(source, node) or "").strip().splitlines()
@@ -78,7 +99,8 @@ class _Planner:
     def __init__(self, entry_point: str | None) -> None:
         self.entry = entry_point
         self.plan = Plan()
-        self.modules: dict[str, Any] = {}
+        # random: seeded, so a test that draws its inputs asks the same questions every time it is read
+        self.modules: dict[str, Any] = {"random": random.Random(0)}
         self.unknown_modules: set[str] = set()
         self.test, self.source = 0, ""
 
@@ -99,9 +121,15 @@ class _Planner:
         return "builtin" if name in SAFE_BUILTINS else "solution"
 
     def uses_solution(self, node: ast.AST, env: dict[str, Any], aliases: dict[str, str]) -> bool:
+        local = _comprehension_names(node)
         for n in ast.walk(node):
-            if isinstance(n, ast.Name) and (
-                self.kind(n.id, env, aliases) in ("alias", "solution") or isinstance(env.get(n.id), Deferred)
+            if (
+                isinstance(n, ast.Name)
+                and n.id not in local
+                and (
+                    self.kind(n.id, env, aliases) in ("alias", "solution")
+                    or isinstance(env.get(n.id), Deferred)
+                )
             ):
                 return True
         return False
@@ -166,13 +194,10 @@ class _Planner:
             pass  # a docstring or a bare constant
         elif (
             isinstance(stmt, ast.Expr)
-            and isinstance(stmt.value, ast.Call)
-            and isinstance(stmt.value.func, ast.Name)
-            and stmt.value.func.id == "print"
+            and _is_print(stmt.value)
             and self.kind("print", env, aliases) == "solution"
-            and self.entry != "print"
         ):
-            pass  # the test's own output checks nothing
+            pass  # the test's own output (or a bare `print`) checks nothing
         elif isinstance(stmt, ast.Expr) and self.uses_solution(stmt.value, env, aliases):
             raise self.err(
                 stmt,
@@ -187,12 +212,14 @@ class _Planner:
             for alias in stmt.names:
                 top = alias.name.split(".")[0]
                 name = alias.asname or top
-                if alias.name in SAFE_MODULES:
-                    self.modules[name] = SAFE_MODULES[alias.name]
+                if alias.name in SAFE_MODULES or alias.name == "random":
+                    self.modules[name] = (
+                        self.modules["random"] if alias.name == "random" else SAFE_MODULES[alias.name]
+                    )
                 else:
                     self.unknown_modules.add(name)
             return
-        module = SAFE_MODULES.get(stmt.module or "")
+        module = self.modules["random"] if stmt.module == "random" else SAFE_MODULES.get(stmt.module or "")
         for alias in stmt.names:
             name = alias.asname or alias.name
             if module is not None and hasattr(module, alias.name) and not alias.name.startswith("_"):
@@ -261,7 +288,10 @@ class _Planner:
 
     def supported(self, node: ast.AST, env: dict[str, Any], aliases: dict[str, str]) -> None:
         """Raise unless the grader can evaluate `node` itself (node kinds, names and functions it knows)."""
+        local = _comprehension_names(node)
         for n in ast.walk(node):
+            if isinstance(n, ast.Name) and n.id in local:
+                continue
             if isinstance(n, ast.Name):
                 kind = self.kind(n.id, env, aliases)
                 if kind == "unknown-module":
@@ -274,13 +304,18 @@ class _Planner:
             elif isinstance(n, ast.Call) and not is_json_import(n):
                 if not isinstance(n.func, ast.Name | ast.Attribute):
                     raise self.err(n, "only named functions and methods can be called here")
-                if isinstance(n.func, ast.Name) and self.kind(n.func.id, env, aliases) not in (
-                    "builtin",
-                    "env",
+                if (
+                    isinstance(n.func, ast.Name)
+                    and n.func.id not in local
+                    and self.kind(n.func.id, env, aliases)
+                    not in (
+                        "builtin",
+                        "env",
+                    )
                 ):
                     raise self.err(n, f"{n.func.id!r} is not a function tests may call")
             elif not isinstance(
-                n, _HERE + (ast.Name, ast.Constant, ast.Load, ast.Attribute, ast.expr_context)
+                n, _HERE + _COMPREHENSIONS + (ast.Name, ast.Constant, ast.Attribute, ast.expr_context)
             ):
                 if isinstance(n, ast.operator | ast.unaryop | ast.cmpop | ast.boolop):
                     continue
