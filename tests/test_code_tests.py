@@ -159,9 +159,16 @@ def test_wire_format_is_exact_plain_data_both_ways() -> None:
 
 def test_values_returned_cannot_blow_up_the_grader() -> None:
     plan = plan_tests(
-        ("assert f(1) * 10**9 == 'x'", "assert 2 ** f(2) > 0", "assert len(list(range(f(3)))) > 0"), None
+        (
+            "assert f(1) * 10**9 == 'x'",
+            "assert 2 ** f(2) > 0",
+            "assert len(list(range(f(3)))) > 0",
+            "assert pow(3, f(4)) > 0",
+        ),
+        None,
     )
-    for check, got in zip(plan.checks, (["ab" * 100, 0, 0], [0, 10**9, 0], [0, 0, 10**12]), strict=True):
+    values = (["ab" * 100, 0, 0, 0], [0, 10**9, 0, 0], [0, 0, 10**12, 0], [0, 0, 0, 10**9])
+    for check, got in zip(plan.checks, values, strict=True):
         with pytest.raises(OverflowError):
             run_check(check, {}, got)
 
