@@ -28,10 +28,9 @@ Supported test shapes (anything else is a grader error naming the test and line,
   `def check(candidate): ...`, run by a top-level `check(name)` call or, without one, on `entry_point`.
 - in an assert, the grader evaluates constants, names, tuples/lists/sets/dicts, arithmetic, comparisons
   (`==`, `!=`, `<`, `is`, `in`, chained), `and`/`or`/`not`, `x if c else y`, indexing and slicing,
-  comprehensions over the test's own values, the pure
-  built-ins abs, all, any, bool, bytes, chr, complex, dict, divmod, enumerate, float, frozenset, int,
-  isinstance, len, list, max, min, ord, pow, range, repr, reversed, round, set, sorted, str, sum, tuple, type,
-  zip, the functions of math/json/copy (so `math.isclose(f(x), 2.5, rel_tol=1e-6)`,
+  comprehensions over the test's own values, the pure built-ins abs, all, any, bool, bytes, chr, complex,
+  dict, divmod, enumerate, float, frozenset, int, isinstance, len, list, max, min, ord, pow, range, repr,
+  reversed, round, set, sorted, str, sum, tuple, type, zip, the functions of those five modules (so `math.isclose(f(x), 2.5, rel_tol=1e-6)`,
   `abs(candidate(1.33) - 0.33) < 1e-6`, `set(f(a, b)) == set((4, 5))`), and methods of plain values.
 - probes: a call of a solution function whose arguments the test computes (`f(1, [2])`, `candidate(*args)`,
   `Solution().method(x)` on a fresh instance each call, the LiveCodeBench functional layout); any other
