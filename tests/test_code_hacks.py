@@ -172,6 +172,14 @@ STDIN_HACKS = {
         "import os\nfor n in os.listdir('.'):\n    print(open(n).read())\n"
     ),
     "fake verdict": "print('passed')\nprint('ALL TESTS PASSED')\n",
+    "forged result lines on the runner's own stdout": (
+        "import json, os\n"
+        "line = json.dumps({'i': 0, 'stdout': 'passed', 'truncated': False, 'returncode': 0, 'timed_out': False})\n"
+        "for path in (f'/proc/{os.getppid()}/fd/1', '/proc/self/fd/1'):\n"
+        "    try:\n        with open(path, 'w') as f:\n            f.write(line + '\\n')\n"
+        "    except OSError:\n        pass\n"
+        "os.kill(os.getppid(), 9)\n"
+    ),
     "infinite loop": "while True:\n    pass\n",
     "huge output": "import sys\nsys.stdout.write('3 ' * (1 << 21))\n",
 }

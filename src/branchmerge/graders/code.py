@@ -49,8 +49,9 @@ mutates its arguments changes nothing the grader sees, and an assert that a test
 not) changed checks the test's unchanged value. A probe that raises, returns something not plain data, or never
 ran (the program exited, crashed, timed out) fails every assert that needs it.
 
-Stdin tests run the program once per test with `input` on stdin; its stdout must equal `output` up to
-whitespace (compared as whitespace-separated tokens), compared here. The program never sees the outputs.
+Stdin tests run the program once per test with `input` on stdin (a fresh process for each, all in one sandboxed
+run, each with `timeout_s`); its stdout must equal `output` up to whitespace (compared here as
+whitespace-separated tokens). The program never sees the outputs.
 
 The detail names the first failing test and why (the values, an exception, the time limit); a bad spec or an
 unsupported test shape is a ValueError naming the field (the batch path records it as a grader error).
@@ -81,6 +82,7 @@ from branchmerge.graders.sandbox import SandboxResult, python_argv, run_sandboxe
 
 _FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 WORKER = Path(__file__).with_name("code_worker.py")
+MAX_STDOUT = 1024 * 1024  # bytes of one stdin test's output that are compared
 
 
 class StdinTest(BaseModel):
@@ -204,17 +206,45 @@ def _returned(check: Check, plan: Plan, got: list[Any]) -> str:
 
 
 def _stdin_tests(code: str, spec: CodeSpec) -> Grade:
-    for i, case in enumerate(spec.stdin_tests or []):
-        run = run_sandboxed(
-            {"solution.py": code}, python_argv("solution.py"), stdin=case.input, **_limits(spec)
-        )
-        if run.timed_out or run.returncode != 0:
-            return Grade(False, f"stdin test {i}: {_failure(run)}")
+    """All stdin tests in one sandboxed run: the worker starts the program once per input (a fresh process each,
+    limits inherited); the outputs come back and are compared here, in order."""
+    cases = spec.stdin_tests or []
+    cfg = {
+        "argv": python_argv("solution.py"),
+        "inputs": [c.input for c in cases],
+        "timeout_s": spec.timeout_s,
+        "max_output": MAX_STDOUT,
+    }
+    limits = _limits(spec) | {"timeout_s": spec.timeout_s * len(cases) + 10}
+    files = {"solution.py": code, "worker.py": WORKER.read_text()}
+    run = run_sandboxed(
+        files, python_argv("worker.py", "stdin"), stdin=json.dumps(cfg),
+        max_output_kb=2 * MAX_STDOUT // 1024 * min(len(cases), 64), **limits,
+    )  # fmt: skip
+    results: list[dict[str, Any]] = []
+    for line in run.stdout.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(message, dict) or message.get("i") != len(results):
+            break
+        results.append(message)
+    for i, case in enumerate(cases):
         want = str(case.output)
-        if run.truncated or run.stdout.split() != want.split():
+        if i >= len(results):
+            return Grade(False, f"stdin test {i}: the program never ran it ({_failure(run)})")
+        r = results[i]
+        if r.get("timed_out"):
+            return Grade(False, f"stdin test {i}: wall-clock timeout ({spec.timeout_s:g} s)")
+        if r.get("returncode") != 0:
+            err = str(r.get("stderr", "")).strip().splitlines()
             return Grade(
-                False, f"stdin test {i}: got {run.stdout.strip()[:80]!r}, want {want.strip()[:80]!r}"
+                False, f"stdin test {i}: exit {r.get('returncode')}" + (f": {err[-1][:200]}" if err else "")
             )
+        got = str(r.get("stdout", ""))
+        if r.get("truncated") or got.split() != want.split():
+            return Grade(False, f"stdin test {i}: got {got.strip()[:80]!r}, want {want.strip()[:80]!r}")
     return Grade(True, "")
 
 

@@ -103,6 +103,7 @@ class _Planner:
         self.modules: dict[str, Any] = {"random": random.Random(0)}
         self.unknown_modules: set[str] = set()
         self.test, self.source = 0, ""
+        self.env: dict[str, Any] = {}
 
     # --- names ---
     def kind(self, name: str, env: dict[str, Any], aliases: dict[str, str]) -> str:
@@ -115,7 +116,7 @@ class _Planner:
         if name == self.entry:
             return "solution"
         if name in self.modules or (name in SAFE_MODULES and name not in self.unknown_modules):
-            return "module"  # math, json and copy need no import (MBPP keeps its imports in another column)
+            return "module"  # the known modules need no import (MBPP keeps its imports in another column)
         if name in self.unknown_modules:
             return "unknown-module"
         return "builtin" if name in SAFE_BUILTINS else "solution"
@@ -146,7 +147,7 @@ class _Planner:
             raise TestShapeError(f"tests[{test}] line {e.lineno}: not valid Python: {e.msg}") from None
         checks = {s.name: s for s in tree.body if isinstance(s, ast.FunctionDef) and s.name == "check"}
         called = False
-        env: dict[str, Any] = {}
+        env = self.env  # one namespace for all the tests, in order, as when they run one after another
         for stmt in tree.body:
             if isinstance(stmt, ast.FunctionDef) and stmt.name == "check":
                 continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -123,5 +124,32 @@ def main() -> None:
             send({"i": i, "raised": _describe(e)})
 
 
+def stdin_main() -> None:
+    """`python worker.py stdin < config.json`: run the program once per input, each in a fresh process with the
+    input on its stdin, and write one JSON line per run: its stdout (up to `max_output` bytes), exit status,
+    whether it timed out, and the end of its stderr. Stops after a run that crashed or timed out. The expected
+    outputs never come here; the grader compares."""
+    cfg = json.loads(sys.stdin.read())
+    cap = cfg["max_output"]
+    for i, text in enumerate(cfg["inputs"]):
+        with open(f"stdin-{i}.out", "w+b") as out, open(f"stdin-{i}.err", "w+b") as err:
+            try:
+                run = subprocess.run(
+                    cfg["argv"], input=text.encode(), stdout=out, stderr=err, timeout=cfg["timeout_s"]
+                )
+                code, timed_out = run.returncode, False
+            except subprocess.TimeoutExpired:
+                code, timed_out = -9, True
+            out.seek(0)
+            data = out.read(cap + 1)
+            err.seek(0, 2)
+            err.seek(max(0, err.tell() - 300))
+            tail = err.read().decode(errors="replace")
+        message = {"i": i, "stdout": data[:cap].decode(errors="replace"), "truncated": len(data) > cap}
+        print(json.dumps(message | {"returncode": code, "timed_out": timed_out, "stderr": tail}), flush=True)
+        if code != 0 or timed_out:
+            return
+
+
 if __name__ == "__main__":
-    main()
+    stdin_main() if sys.argv[1:] == ["stdin"] else main()
