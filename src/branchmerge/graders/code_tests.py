@@ -13,6 +13,7 @@ naming the test and line: it is never run some other way, and never passes.
 from __future__ import annotations
 
 import ast
+import itertools
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -256,7 +257,7 @@ class _Planner:
         if self.uses_solution(stmt.iter, env, aliases):
             raise self.err(stmt, "a loop over values the solution returns is not supported")
         self.supported(stmt.iter, env, aliases)
-        values = list(self.value(stmt.iter, env))
+        values = list(itertools.islice(iter(self.value(stmt.iter, env)), MAX_UNROLL + 1))
         if len(values) > MAX_UNROLL:
             raise self.err(stmt, f"a loop of more than {MAX_UNROLL} iterations")
         for v in values:
