@@ -337,6 +337,10 @@ class _Planner:
             assert isinstance(node, ast.Call)
             args = self.call_args(node, env)
             kwargs = tuple((k.arg, self.value(k.value, env)) for k in node.keywords if k.arg)
+            if not plain([args, [v for _, v in kwargs]]):
+                raise self.err(
+                    node, "an argument is not plain data (numbers, text, lists, tuples, dicts, sets)"
+                )
             self.add(node, probes, Probe(callee=callee, args=args, kwargs=kwargs, where=self.where(node)))
             return
         if self.grader_side(node, env, aliases):
