@@ -120,7 +120,7 @@ def test_code_timeouts_errors_and_early_exits_fail():
     g = grade("def add(a, b) return a", "", ADD_TESTS)
     assert not g.passed and "SyntaxError" in g.detail
     g = grade("import os\ndef add(a, b):\n    return a + b\nos._exit(0)\n", "", ADD_TESTS)
-    assert not g.passed and "ended before the tests finished" in g.detail
+    assert not g.passed and "ended before the tests finished" in g.detail and "test 0" in g.detail
 
 
 def test_code_stdin_tests_compare_whitespace_normalised_stdout():

@@ -13,9 +13,8 @@ is..."), except right after an "answer is" cue; lowercase options count only rig
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 
 DEFAULT_CHOICES = ("A", "B", "C", "D")
 _CUE = re.compile(
@@ -85,8 +84,12 @@ def extract_choice(answer: str, choices: tuple[str, ...] = DEFAULT_CHOICES) -> t
     return None, f"no option ({', '.join(choices)}) found in {text[-60:]!r}"
 
 
-def grade_choice(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
-    choices = tuple(str(c) for c in spec.get("choices", DEFAULT_CHOICES))
+class ChoiceSpec(GraderSpec):
+    choices: tuple[str | int, ...] = DEFAULT_CHOICES
+
+
+def grade_choice(answer: str, reference: str, spec: ChoiceSpec) -> Grade:
+    choices = tuple(str(c) for c in spec.choices)
     want = _canon(reference.strip(), choices)
     if want is None:
         raise ValueError(f"choice grader: reference {reference!r} is not one of the choices {list(choices)}")
@@ -94,3 +97,6 @@ def grade_choice(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
     if got is None:
         return Grade(False, why)
     return Grade(got == want, "" if got == want else f"got {got}, want {want}")
+
+
+CHOICE = Grader("choice", ChoiceSpec, grade_choice)

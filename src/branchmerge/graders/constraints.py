@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 _SENTENCE_END = re.compile(r"[.!?…]+(?=[\s\"'”’)\]]|$)")
@@ -159,8 +159,12 @@ def describe(constraint: dict[str, Any]) -> str:
     return _checked(constraint, 0)[1](constraint)
 
 
-def grade_constraints(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
-    constraints = spec.get("constraints")
+class ConstraintsSpec(GraderSpec):
+    constraints: Any = None  # a list of {"kind", ...fields}: checked one by one below, each error numbered
+
+
+def grade_constraints(answer: str, reference: str, spec: ConstraintsSpec) -> Grade:
+    constraints = spec.constraints
     if not isinstance(constraints, list) or not constraints:
         raise ValueError("constraints grader: the spec needs a non-empty 'constraints' list")
     checks = [_checked(c, i) for i, c in enumerate(constraints, start=1)]  # a bad spec fails before grading
@@ -171,3 +175,6 @@ def grade_constraints(answer: str, reference: str, spec: dict[str, Any]) -> Grad
         if wrong:
             return Grade(False, f"constraint {i} ({c['kind']}: {text(c)}) broken: {wrong}")
     return Grade(True, "")
+
+
+CONSTRAINTS = Grader("constraints", ConstraintsSpec, grade_constraints)

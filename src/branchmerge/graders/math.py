@@ -20,7 +20,7 @@ import re
 import threading
 from typing import Any
 
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 
 # A bare string worth retrying as `$...$`: has LaTeX or math syntax, or is a lone variable. Plain words are not
 # retried, since math-verify would read "blah" as the product b*a*h*l.
@@ -36,10 +36,14 @@ def _bare_math(text: str) -> bool:
     return not _WORD.search(re.sub(r"\\[A-Za-z]+", "", text))
 
 
-def _limit(spec: dict[str, Any]) -> int | None:
+class MathSpec(GraderSpec):
+    timeout_s: int = 5
+
+
+def _limit(spec: MathSpec) -> int | None:
     if threading.current_thread() is not threading.main_thread():
         return None  # signal.alarm is main-thread only (see the module docstring)
-    return int(spec.get("timeout_s", 5))
+    return spec.timeout_s
 
 
 def parse_math(text: str, timeout_s: int | None) -> list[Any]:
@@ -59,7 +63,7 @@ def parse_math(text: str, timeout_s: int | None) -> list[Any]:
     return found
 
 
-def grade_math(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
+def grade_math(answer: str, reference: str, spec: MathSpec) -> Grade:
     from math_verify import verify
 
     limit = _limit(spec)
@@ -73,3 +77,6 @@ def grade_math(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
         return Grade(False, f"could not parse the answer as math: {answer.strip()[-60:]!r}")
     ok = verify(gold, got, timeout_seconds=limit)
     return Grade(ok, "" if ok else f"got {got[-1]!s:.60}, want {gold[-1]!s:.60}")
+
+
+MATH = Grader("math", MathSpec, grade_math)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from branchmerge.evaluate.sets.base import Row, StandardSet, parse_level
-from branchmerge.graders.math import grade_math
+from branchmerge.graders import grade
 from branchmerge.records import Problem
 
 
@@ -30,7 +30,7 @@ def choose_grader(domain: str, reference: str) -> tuple[dict[str, object], str]:
     if "math" not in domain:
         return exact, "exact: no programmatic grader for this category (the seed used success_criteria)"
     try:
-        grade_math(reference, reference, {"type": "math"})
+        grade(reference, reference, {"type": "math"})
     except ValueError:
         return exact, "exact: a math category whose answer does not parse as math"
     return {"type": "math"}, "math: a math category whose answer parses as math"
