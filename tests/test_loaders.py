@@ -97,6 +97,10 @@ def test_gsm8k_reference_is_the_number_after_the_hashes(tmp_path: Path) -> None:
     assert problems[1].meta["solution"] == "It costs 1,000 + 234."
     assert grade("1,234", problems[1].reference, problems[1].grader).passed
     assert not grade("1235", problems[1].reference, problems[1].grader).passed
+    # The question asks for a final answer, and prose answers are read for their final number.
+    assert problems[0].question.startswith("How many?") and "\\boxed{}" in problems[0].question
+    assert grade("Three boxes of four: the answer is 12.", "12", problems[0].grader).passed
+    assert grade("So it is \\boxed{1,234} dollars.", problems[1].reference, problems[1].grader).passed
     bad = write_jsonl(tmp_path / "bad.jsonl", [rows[0], {"question": "q", "answer": "just 5"}])
     with pytest.raises(BranchmergeError, match=r"bad\.jsonl: row 1: column 'answer': no '#### N'"):
         load_set("gsm8k", bad)
