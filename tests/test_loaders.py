@@ -300,10 +300,13 @@ def test_ten_domain_parquet_as_published(tmp_path: Path) -> None:
     )
     assert math.meta["guide_text"] == "Multiply." and math.meta["success_criteria"] == "States 42."
     assert grade("\\boxed{42}", math.reference, math.grader).passed
-    assert (ethics.domain, ethics.level, ethics.grader["type"]) == ("ethical_dilemma_evaluation", 9, "exact")
+    # Free-text categories are judged against the reference and the success criteria, not exact-matched.
+    assert (ethics.domain, ethics.level, ethics.grader["type"]) == ("ethical_dilemma_evaluation", 9, "judge")
+    assert ethics.grader["item"] == ethics.id and ethics.grader["question"] == "Should the AI lie?"
+    assert "Names two frameworks." in ethics.grader["rubric"]
     assert ethics.meta["category"] == "Ethical Dilemma Evaluation"
     assert "success_criteria" in ethics.meta["grader_choice"]
-    assert prose.grader["type"] == "exact" and "does not parse" in prose.meta["grader_choice"]
+    assert prose.grader["type"] == "judge" and "does not parse" in prose.meta["grader_choice"]
     bad = write_parquet(tmp_path / "bad.parquet", [{**rows[0], "difficulty_level": "hard"}])
     with pytest.raises(
         BranchmergeError, match=r"bad\.parquet: row 0: column 'difficulty_level': level 'hard'"

@@ -317,3 +317,16 @@ def test_grade_many_sends_judge_items_to_the_configured_judge_in_one_batch(judge
     ]
     grades = grade_many(items, workers=2)
     assert [g.passed for g in grades] == [True, True, False] and len(calls) == 2
+
+
+def test_a_number_graded_to_some_decimals_says_so_in_the_question() -> None:
+    for module in (science, causal):
+        for p in module.items() + [module.generate(lvl, s) for lvl in range(1, 11) for s in range(10)]:
+            decimals = len(p.reference.partition(".")[2])
+            if p.grader["type"] == "regex" and decimals:
+                places = f"to {decimals} decimal place{'s' if decimals > 1 else ''}."
+                assert places in p.question, (p.id, p.reference)
+    sound = science.items()[5]
+    assert sound.reference == "2.058" and "to 3 decimal places" in sound.question
+    assert not grade("Answer: 2.06 km", sound.reference, sound.grader).passed
+    assert grade("Answer: 2.058 km", sound.reference, sound.grader).passed

@@ -8,7 +8,7 @@
 | gpqa-diamond | gpqa | Question, Correct Answer, Incorrect Answer 1-3, Record ID, Subdomain | choice, options shuffled by seed |
 | humaneval | code_sets | task_id, prompt, canonical_solution, test, entry_point | code: test + check(entry_point) |
 | livecodebench | code_sets | question_id, question_content, starter_code, public/private_test_cases, metadata | code: stdin_tests or asserts |
-| ten-domain | ten_domain | question_category, difficulty_level, question, guide_text, answer, success_criteria | per category |
+| ten-domain | ten_domain | question_category, difficulty_level, question, guide_text, answer, success_criteria | math (math answers), judge on success_criteria (the rest) |
 
 `branchmerge.evaluate.loaders.load_set` is the entry point; `SETS` is the registry.
 """
