@@ -8,7 +8,8 @@ Spec: {"type": "numeric", "rel_tol": 0.0, "abs_tol": 0.0, "final": false}.
 - Final-answer mode (`"final": true`, what GSM8K items use, whose worked answers are prose): the number is read
   from the answer's final statement: the last `\\boxed{}`, else what follows the last "####", else what follows
   the last "answer is" / "answer:", else the last number of the text. In that statement the first number is the
-  answer, with its currency and units ("The answer is $18 per day." reads 18); a statement that offers two
+  answer, with its currency and units ("The answer is $18 per day." reads 18), or the first after the statement's
+last "=" ("The answer is 5 + 3 = 8" reads 8); a statement that offers two
   different numbers as alternatives ("18 or 20") fails as ambiguous.
 
 In both modes only the final answer is graded: the text after the last `</think>`; an answer cut off inside
@@ -86,6 +87,8 @@ def final_number(answer: str) -> tuple[float | None, str]:
             statement = (
                 statement[statement.rfind(found[-1]) :] if not _ALTERNATIVES.search(statement) else statement
             )
+    if "=" in statement and _NUMBER.search(statement.rpartition("=")[2]):
+        statement = statement.rpartition("=")[2]  # "the answer is 5 + 3 = 8": the result after the last "="
     numbers = _NUMBER.findall(statement)
     if not numbers:
         return None, f"no number in the final statement {statement.strip()[:40]!r}"
