@@ -14,7 +14,8 @@ Spec: {"type": "constraints", "constraints": [{"kind": "max_words", "n": 60}, {"
 | starts_with / ends_with | text | the first / last words of the text are the words of `text` (any case, punctuation ignored) |
 | no_letter | letter | the letter never occurs (any case): a lipogram |
 | topic | words | at least one of the words occurs (whole word, any case, a plural "-s"/"-es" counts): on topic |
-| prose | (none) | the text is a piece of writing: no refusal ("I'm sorry, I can't ..."), at least a fifth of its words are function words ("the", "of", "and", ...) and every line has one, so a list of keywords (word salad) fails |
+| prose | (none) | a piece of writing: no refusal ("I'm sorry, I can't ..."); function words ("the", "of", ...) |
+| | | make at least a fifth of the words and occur in every line, so a keyword list (word salad) fails |
 
 A word is a run of letters and digits, with inner apostrophes or hyphens ("don't", "well-lit" are one word). A
 sentence is a stretch of text with at least one word, ended by `.`, `!`, `?` (or the end of the text), so a
@@ -54,8 +55,8 @@ def _has_phrase(text: str, phrase: str) -> bool:
 
 
 # Words that carry grammar rather than content: sentences and verse lines use them, keyword lists do not.
-_FUNCTION_WORDS = """a an the and or but nor so yet of in on at to for from by with into onto over under through across along
-    past until as than like up down out off about above below near after before while when where then there here
+_FUNCTION_WORDS = """a an the and or but nor so yet of in on at to for from by with into onto over under through
+    across along past until as than like up down out off about above below near after before while when where then there here
     this that these those it its he she they we i you his her their our my your me him them us is are was were be
     been am has have had do does did will would can could may might must shall should not no all each every some
     any one"""

@@ -29,7 +29,8 @@ from branchmerge.teachers.thinking import split_reasoning
 _NUM = r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+−]?\.\d+"
 _NUMBER = re.compile(rf"(?<![\w.])(?:{_NUM})(?:\s*/\s*(?:{_NUM}))?(?![\d])")
 _CURRENCY = r"(?:\\?\$|€|£|¥|USD|EUR|GBP)"
-_UNIT = r"(?:%|\\%|°\w*|(?!(?:or|and|to|about|maybe)\b)[A-Za-z][A-Za-z²³/]*(?:\s+(?!(?:or|and|to)\b)[A-Za-z][A-Za-z²³/]*){0,2})"
+_UNIT_WORD = r"(?!(?:or|and|to|about|maybe)\b)[A-Za-z][A-Za-z²³/]*"  # "dollars", "km/h"; never a hedge
+_UNIT = rf"(?:%|\\%|°\w*|{_UNIT_WORD}(?:\s+{_UNIT_WORD}){{0,2}})"
 _WHOLE = re.compile(rf"\s*{_CURRENCY}?\s*(?P<n>(?:{_NUM})(?:\s*/\s*(?:{_NUM}))?)\s*{_UNIT}?\s*\.?\s*")
 _MARKER = re.compile(r"####|\b(?:final\s+)?answer\s*(?:is|:|=)", re.IGNORECASE)
 _ALTERNATIVES = re.compile(rf"(?:{_NUM})\s*\S{{0,12}}\s+or\s+\S{{0,3}}\s*(?:{_NUM})", re.IGNORECASE)

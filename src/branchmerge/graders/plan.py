@@ -15,9 +15,9 @@ The instance travels in the spec, so the grader needs nothing else (the referenc
 
 Reading the plan: the last line that starts with "Plan:" (any case; markdown `**`, `#`, `>` and backticks
 ignored); without one, an answer of a single line is the plan. Names are separated by commas, "and" or arrows
-(`->`, `→`), matched case-insensitively; "none" is an empty plan. The answer passes when every constraint holds and the
-objective equals the spec's `optimum`; otherwise the detail names the first violated constraint, or the objective
-against the optimum. `check_plan` is the same check on a parsed plan, used by generators to find the optimum.
+(`->`, `→`), matched case-insensitively; "none" is an empty plan. The answer passes when every constraint holds
+and the objective equals the spec's `optimum`; otherwise the detail names the first violated constraint, or the
+objective against the optimum. `check_plan` is the same check on a parsed plan, used by generators to find the optimum.
 """
 
 from __future__ import annotations

@@ -310,9 +310,9 @@ def _sample(level: int, rng: random.Random) -> dict[str, Any]:
     dates = _data("SELECT order_date FROM orders")
     i = rng.randrange(0, len(dates) - 4)
     span = {"start": dates[i], "end": dates[rng.randrange(i + 3, min(i + 30, len(dates)))]}
-    city = rng.choice(CITIES)
+    city, category = rng.choice(CITIES), rng.choice(CATEGORIES)
     draw: dict[int, Callable[[], dict[str, Any]]] = {
-        1: lambda: (c := rng.choice(CATEGORIES), {"category": c, "price": rng.choice(_data(f"SELECT price FROM products WHERE category = {_q(c)}"))})[1],
+        1: lambda: {"category": category, "price": rng.choice(_data(f"SELECT price FROM products WHERE category = {_q(category)}"))},
         2: lambda: {"city": city, "date": rng.choice(_data(f"SELECT joined FROM customers WHERE city = {_q(city)}"))},
         3: lambda: {"status": rng.choice(STATUSES), **span},
         4: lambda: {"price": rng.choice(_data("SELECT price FROM products"))},
