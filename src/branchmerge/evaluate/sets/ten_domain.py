@@ -1,5 +1,5 @@
-"""The 10-domain benchmark of the two-teacher SLERP seed, as its Parquet file publishes it (DESIGN.md, "Field
-notes"): columns question_category, difficulty_level, question, guide_text, answer, success_criteria.
+"""The 10-domain benchmark of the two-teacher SLERP seed, as its Parquet file publishes it:
+columns question_category, difficulty_level, question, guide_text, answer, success_criteria.
 
 The file is accepted as is: the domain is the category in snake case ("Logical Reasoning" ->
 "logical_reasoning"), the level is difficulty_level (1-10, or "Level N"), and guide_text, success_criteria and
@@ -12,7 +12,7 @@ Graders, by category (`choose_grader`; `meta.grader_choice` says which one each 
   question, the reference answer and a rubric made of the item's success_criteria, so a right answer in other
   words passes. The seed graded these items pass/fail against success_criteria; whole-answer exact match would
   fail every right free-text answer written differently from the reference. Judged items need a judge at
-  evaluation time (`eval --judge URL --judge-model NAME`); without one they are grader errors, never passes.
+  evaluation time (`eval --judge URL --judge-model NAME`); without one, `eval` stops before any request.
 """
 
 from __future__ import annotations
