@@ -137,7 +137,8 @@ def test_gpqa_shuffles_options_deterministically_and_the_letter_points_at_the_co
         assert sorted(p.meta["choices"].values()) == sorted([f"right {i}"] + [f"wrong {i}{x}" for x in "abc"])
         lines = p.question.splitlines()
         assert lines[0] == f"Which particle {i}?"
-        assert lines[-4:] == [f"{k}) {p.meta['choices'][k]}" for k in "ABCD"]
+        assert lines[-6:-2] == [f"{k}) {p.meta['choices'][k]}" for k in "ABCD"]
+        assert "letter of the correct option" in lines[-1]
         assert grade(f"The answer is ({p.reference}).", p.reference, p.grader).passed
     assert len({p.reference for p in problems}) > 1  # the correct letter is not always A
     assert len({tuple(p.meta["choices"].values()) for p in problems}) > 1  # permutations vary across items
