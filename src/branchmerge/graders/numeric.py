@@ -9,7 +9,7 @@ Spec: {"type": "numeric", "rel_tol": 0.0, "abs_tol": 0.0, "final": false}.
   from the answer's final statement: the last `\\boxed{}`, else what follows the last "####", else what follows
   the last "answer is" / "answer:", else the last number of the text. In that statement the first number is the
   answer, with its currency and units ("The answer is $18 per day." reads 18), or the first after the statement's
-last "=" ("The answer is 5 + 3 = 8" reads 8); a statement that offers two
+last "=" ("The answer is 5 + 3 = 8" reads 8), never a number after "not"; a statement that offers two
   different numbers as alternatives ("18 or 20") fails as ambiguous.
 
 In both modes only the final answer is graded: the text after the last `</think>`; an answer cut off inside
@@ -34,6 +34,7 @@ _UNIT = rf"(?:%|\\%|°\w*|{_UNIT_WORD}(?:\s+{_UNIT_WORD}){{0,2}})"
 _WHOLE = re.compile(rf"\s*{_CURRENCY}?\s*(?P<n>(?:{_NUM})(?:\s*/\s*(?:{_NUM}))?)\s*{_UNIT}?\s*\.?\s*")
 _MARKER = re.compile(r"####|\b(?:final\s+)?answer\s*(?:is|:|=)", re.IGNORECASE)
 _ALTERNATIVES = re.compile(rf"(?:{_NUM})\s*\S{{0,12}}\s+or\s+\S{{0,3}}\s*(?:{_NUM})", re.IGNORECASE)
+_RULED_OUT = re.compile(rf"\bnot\s+{_CURRENCY}?\s*(?:{_NUM})", re.IGNORECASE)
 _LATEX = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}")
 _FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 
@@ -88,6 +89,7 @@ def final_number(answer: str) -> tuple[float | None, str]:
             statement = (
                 statement[statement.rfind(found[-1]) :] if not _ALTERNATIVES.search(statement) else statement
             )
+    statement = _RULED_OUT.sub(" ", statement)  # "the answer is not 18, it's 20": 18 is ruled out
     if "=" in statement and _NUMBER.search(statement.rpartition("=")[2]):
         statement = statement.rpartition("=")[2]  # "the answer is 5 + 3 = 8": the result after the last "="
     numbers = _NUMBER.findall(statement)
