@@ -7,7 +7,7 @@ words and a narrow word range, all at once. The question lists the constraints i
 
 Constraints alone pass refusals and word salad, so every item also checks content (`constraints` kinds `topic`
 and `prose`): the text names its topic (one of a few words the question lists) and reads as writing: no refusal,
-at least a fifth of its words function words ("the", "of", "and"), one in every line. A keyword list, "I'm sorry,
+at least a fifth of its words function words ("the", "of", "and"), in most of its lines. A keyword list, "I'm sorry,
 I can't write that", or a fine poem about another subject fails.
 
 Every item's `reference` is an example text that meets all its checks (a witness that the set can be met):
