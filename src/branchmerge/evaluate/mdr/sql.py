@@ -5,9 +5,9 @@ whole script in its grader spec, so the grader rebuilds the same database in its
 of the model's query with the result of the reference query (the reference query is the truth: no answer is
 computed by hand). Questions name the columns to return, in order, and the row order where it matters.
 
-Every item comes with near misses (`meta["near_misses"]`: a missing DISTINCT, `<` for `<=`, `>` for `>=`, a reversed
-or different ORDER BY, `<> 'x'` for `= 'y'`, RANK for ROW_NUMBER, the list price for the price paid, ...), and
-an item is kept only when each near miss returns a result the grader tells apart from the reference's
+Every item comes with near misses (`meta["near_misses"]`: a missing DISTINCT, `<` for `<=`, `>` for `>=`, a
+reversed or different ORDER BY, `<> 'x'` for `= 'y'`, RANK for ROW_NUMBER, the list price for the price paid,
+...), and an item is kept only when each near miss returns a result the grader tells apart from the reference's
 (`undistinguished`). The data has rows on the boundaries and duplicates for this, and generated constants are
 drawn from the data (prices, join dates, order dates), so the bounds of a question fall on rows.
 
