@@ -122,6 +122,7 @@ def test_verify_grades_math_code_and_choice_problems_with_their_graders():
         ("The answer is 5 apples + 3 pears = 8 fruits.", "8", True),  # the result after the last "="
         ("The answer is not 18, it's 20.", "18", False),  # a number after "not" is ruled out
         ("The answer is 18 or 20.", "18", False),  # two alternatives are no answer
+        ("The answer is between 18 and 20.", "18", False),
         ("The answer is 18.5", "18", False),
         ("16 - 3 - 4 = 9, so the answer is 9.", "18", False),  # the last stated answer, not any number
         ("Let me see: \\boxed{18}</think>", "18", False),  # the only box is inside the thinking

@@ -10,7 +10,7 @@ Spec: {"type": "numeric", "rel_tol": 0.0, "abs_tol": 0.0, "final": false}.
   the last "answer is" / "answer:", else the last number of the text. In that statement the first number is the
   answer, with its currency and units ("The answer is $18 per day." reads 18), or the first after the statement's
 last "=" ("The answer is 5 + 3 = 8" reads 8), never a number after "not"; a statement that offers two
-  different numbers as alternatives ("18 or 20") fails as ambiguous.
+  different numbers as alternatives ("18 or 20", "between 18 and 20") fails as ambiguous.
 
 In both modes only the final answer is graded: the text after the last `</think>`; an answer cut off inside
 `<think>`, or with nothing after `</think>`, fails as no answer (a `\\boxed{}` inside the thinking counts for
@@ -33,7 +33,10 @@ _UNIT_WORD = r"(?!(?:or|and|to|about|maybe)\b)[A-Za-z][A-Za-z²³/]*"  # "dollar
 _UNIT = rf"(?:%|\\%|°\w*|{_UNIT_WORD}(?:\s+{_UNIT_WORD}){{0,2}})"
 _WHOLE = re.compile(rf"\s*{_CURRENCY}?\s*(?P<n>(?:{_NUM})(?:\s*/\s*(?:{_NUM}))?)\s*{_UNIT}?\s*\.?\s*")
 _MARKER = re.compile(r"####|\b(?:final\s+)?answer\s*(?:is|:|=)", re.IGNORECASE)
-_ALTERNATIVES = re.compile(rf"(?:{_NUM})\s*\S{{0,12}}\s+or\s+\S{{0,3}}\s*(?:{_NUM})", re.IGNORECASE)
+_ALTERNATIVES = re.compile(
+    rf"(?:{_NUM})\s*\S{{0,12}}\s+or\s+\S{{0,3}}\s*(?:{_NUM})|\bbetween\s+\S{{0,3}}\s*(?:{_NUM})\s*\S{{0,12}}\s+and\s",
+    re.IGNORECASE,
+)
 _RULED_OUT = re.compile(rf"\bnot\s+{_CURRENCY}?\s*(?:{_NUM})", re.IGNORECASE)
 _LATEX = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}")
 _FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
