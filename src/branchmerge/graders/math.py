@@ -7,6 +7,13 @@ Spec: {"type": "math", "timeout_s": 5}. The reference and the answer are each pa
 "\\frac{1}{2}" are the same answer. An answer with nothing parseable fails with a detail saying so; a reference
 with nothing parseable is a data error and raises ValueError (as the numeric grader does).
 
+Only the final answer is graded: when the answer still holds its reasoning, the text after the last `</think>`;
+an answer that opened `<think>` and never closed it, or has nothing after
+`</think>`, fails as no answer, even when a `\\boxed{}` sits inside the thinking. Matrices and vectors
+(`\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}`) compare as matrices, entry by entry and shape included, never as
+their last number; an escaped dollar (`\\$18.90`) is a currency sign, and units in `\\text{}` are ignored by
+math-verify (`5\\text{ cm}` is 5).
+
 Time limits: math-verify enforces its timeouts with `signal.alarm`, which only works in a process's main thread
 and raises ValueError anywhere else (a server's thread pool, `grade` called from a ThreadPoolExecutor). So the
 grader passes `timeout_s` to math-verify only in the main thread and `None` (no limit) elsewhere. Grading many
@@ -21,11 +28,14 @@ import threading
 from typing import Any
 
 from branchmerge.graders.base import Grade, Grader, GraderSpec
+from branchmerge.teachers.thinking import split_reasoning
 
 # A bare string worth retrying as `$...$`: has LaTeX or math syntax, or is a lone variable. Plain words are not
 # retried, since math-verify would read "blah" as the product b*a*h*l.
 _MATHY = re.compile(r"[\\^_{}=+\-*/\d]|^\s*[A-Za-z]\s*$")
 _WORD = re.compile(r"[A-Za-z]{3,}")
+# LaTeX that names things without being prose: environments (pmatrix), text and roman runs (units).
+_LATEX_NAMES = re.compile(r"\\(?:begin|end|text|mathrm|textbf|mbox|operatorname)\s*\{[^{}]*\}|\\[A-Za-z]+")
 
 
 def _bare_math(text: str) -> bool:
@@ -33,7 +43,7 @@ def _bare_math(text: str) -> bool:
     extraction reads such a string as its last number, so it is parsed as `$...$` first."""
     if "$" in text or "\\boxed" in text or not _MATHY.search(text):
         return False
-    return not _WORD.search(re.sub(r"\\[A-Za-z]+", "", text))
+    return not _WORD.search(_LATEX_NAMES.sub("", text))
 
 
 class MathSpec(GraderSpec):
@@ -54,6 +64,8 @@ def parse_math(text: str, timeout_s: int | None) -> list[Any]:
         found = parse(s, parsing_timeout=timeout_s)  # type: ignore[arg-type]
         return list(found) if any(not isinstance(x, str) for x in found) else []
 
+    if "\\$" in text and "$" not in text.replace("\\$", ""):
+        text = text.replace("\\$", "")  # a currency sign, not a delimiter: "\\$18.90" is 18.90
     wrapped = f"${text.strip()}$"
     if _bare_math(text):
         return attempt(wrapped) or attempt(text)
@@ -70,7 +82,10 @@ def grade_math(answer: str, reference: str, spec: MathSpec) -> Grade:
     gold = parse_math(reference, limit)
     if not gold:
         raise ValueError(f"math grader: reference {reference!r} could not be parsed as math")
-    if not answer.strip():
+    _, answer, closed = split_reasoning(answer)
+    if not closed:
+        return Grade(False, "no answer: cut off inside <think>")
+    if not answer:
         return Grade(False, "empty answer")
     got = parse_math(answer, limit)
     if not got:

@@ -14,10 +14,10 @@ The instance travels in the spec, so the grader needs nothing else (the referenc
   Objective (minimised): total distance (`distance[i][j]` between `places[i]` and `places[j]`).
 
 Reading the plan: the last line that starts with "Plan:" (any case; markdown `**`, `#`, `>` and backticks
-ignored); without one, an answer of a single line is the plan. Names are separated by commas or arrows (`->`,
-`→`), matched case-insensitively; "none" is an empty plan. The answer passes when every constraint holds and the
-objective equals the spec's `optimum`; otherwise the detail names the first violated constraint, or the objective
-against the optimum. `check_plan` is the same check on a parsed plan, used by generators to find the optimum.
+ignored); without one, an answer of a single line is the plan. Names are separated by commas, "and" or arrows
+(`->`, `→`), matched case-insensitively; "none" is an empty plan. The answer passes when every constraint holds
+and the objective equals the spec's `optimum`; otherwise the detail names the first violated constraint, or the
+objective against the optimum. `check_plan` is the same check on a parsed plan, used by generators to find the optimum.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from branchmerge.graders.base import Grade, Grader, GraderSpec
 
 KINDS = ("knapsack", "schedule", "route")
 _PLAN_LINE = re.compile(r"^[\s>#*_`-]*plan[\s*_`]*:(.*)$", re.IGNORECASE | re.MULTILINE)
-_SEP = re.compile(r"\s*(?:,|->|→|=>)\s*")
+_SEP = re.compile(r"\s*(?:,\s*and\b|,|->|→|=>|\band\b)\s*", re.IGNORECASE)
 
 
 def parse_plan(answer: str) -> list[str] | None:

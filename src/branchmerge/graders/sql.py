@@ -111,6 +111,13 @@ def _rows(rows: list[list[Any]]) -> list[tuple[Any, ...]]:
     return [tuple(_norm(v) for v in row) for row in rows]
 
 
+def same_result(got: list[Any], want: list[Any], ordered: bool) -> bool:
+    """Whether two query results are the same answer: as lists when `ordered`, else as multisets of rows, with
+    floats rounded to 6 decimals and integral floats equal to integers."""
+    g, w = _rows(got), _rows(want)
+    return g == w if ordered else Counter(g) == Counter(w)
+
+
 def _difference(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]], ordered: bool) -> str:
     head = f"got {len(got)} rows, want {len(want)}"
     if ordered and Counter(got) == Counter(want):
@@ -177,15 +184,14 @@ def grade_sql(answer: str, reference: str, spec: SqlSpec) -> Grade:
         raise ValueError(f"sql grader: the reference query failed: {out['reference']['error']}")
     if "error" in out["answer"]:
         return Grade(False, f"sqlite error: {out['answer']['error']}")
-    want = _rows(expected if expected is not None else out["reference"]["rows"])
-    got = _rows(out["answer"]["rows"])
+    want = expected if expected is not None else out["reference"]["rows"]
     ordered = (
         spec.ordered
         if spec.ordered is not None
         else bool(reference.strip()) and has_top_level_order_by(reference)
     )
-    ok = got == want if ordered else Counter(got) == Counter(want)
-    return Grade(ok, "" if ok else _difference(got, want, ordered))
+    ok = same_result(out["answer"]["rows"], want, ordered)
+    return Grade(ok, "" if ok else _difference(_rows(out["answer"]["rows"]), _rows(want), ordered))
 
 
 SQL = Grader("sql", SqlSpec, grade_sql, needs_reference=lambda spec: spec.expected is None)
