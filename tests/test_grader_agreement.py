@@ -12,7 +12,7 @@ from branchmerge.evaluate.agreement import agreement, load_labels
 from branchmerge.graders import grade_many
 
 LABELS = Path(__file__).parent / "data" / "grader_labels"
-GRADERS = {"math", "numeric", "choice", "exact", "regex", "sql", "constraints", "plan"}
+GRADERS = {"math", "numeric", "choice", "exact", "regex", "sql", "constraints", "plan", "code"}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,13 @@ def test_the_labelled_set_is_large_and_has_hard_negatives():
         mine = [r for r in rows if r.grader == name]
         assert any(r.label for r in mine) and sum(not r.label for r in mine) >= 4, name
     assert all(r.reason.strip() for r in rows)
-    code = load_labels(LABELS, pending=True)
-    assert {r.grader for r in code} == GRADERS | {"code"}
+
+
+def test_pending_label_files_are_read_only_when_asked_for(tmp_path: Path):
+    row = '{"grader": "exact", "answer": "a", "reference": "a", "spec": {}, "label": true, "reason": "r"}\n'
+    (tmp_path / "exact.jsonl").write_text(row)
+    (tmp_path / "exact.pending.jsonl").write_text(row + row)
+    assert len(load_labels(tmp_path)) == 1 and len(load_labels(tmp_path, pending=True)) == 3
 
 
 def test_every_grader_agrees_with_the_labels_on_at_least_99_percent(results):

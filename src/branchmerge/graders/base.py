@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from branchmerge.errors import describe, field_path
+from branchmerge.teachers.thinking import final_answer
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,15 @@ def needs_reference(spec: Mapping[str, Any]) -> bool:
 
 
 def grade(answer: str, reference: str, spec: Mapping[str, Any]) -> Grade:
-    """Grade `answer` with the grader named by `spec["type"]`; a bad spec raises ValueError naming the field."""
+    """Grade `answer` with the grader named by `spec["type"]`; a bad spec raises ValueError naming the field.
+
+    Every grader sees only the final answer, the text after the last `</think>` (`teachers.thinking.final_answer`):
+    the reasoning before it counts for nothing, and an output cut off inside `<think>`, or with nothing after
+    `</think>`, fails as no answer.
+    """
     grader = plugin(spec)
-    return grader.run(answer, reference, grader.parse(spec))
+    parsed = grader.parse(spec)
+    text, no_answer = final_answer(answer)
+    if no_answer is not None:
+        return Grade(False, no_answer)
+    return grader.run(text, reference, parsed)

@@ -8,8 +8,8 @@ with a detail, when no option is found, or when the answer names two different o
 
 An uppercase "A" or "I" followed by a lowercase word is read as an English word, not an option ("A good plan
 is..."), except right after an "answer is" cue; lowercase options count only right after a cue or alone; an
-option right after "not" is ruled out, not chosen ("The answer is not A."). Only the text after the last
-`</think>` is read; an answer cut off inside `<think>` fails.
+option right after "not" is ruled out, not chosen ("The answer is not A."). Like every grader, it reads
+only the text after the last `</think>` (`base.grade`); an answer cut off inside `<think>` fails.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 
 from branchmerge.graders.base import Grade, Grader, GraderSpec
-from branchmerge.teachers.thinking import split_reasoning
 
 DEFAULT_CHOICES = ("A", "B", "C", "D")
 _CUE = re.compile(
@@ -98,9 +97,6 @@ def grade_choice(answer: str, reference: str, spec: ChoiceSpec) -> Grade:
     want = _canon(reference.strip(), choices)
     if want is None:
         raise ValueError(f"choice grader: reference {reference!r} is not one of the choices {list(choices)}")
-    _, answer, closed = split_reasoning(answer)
-    if not closed:
-        return Grade(False, "no answer: cut off inside <think>")
     got, why = extract_choice(answer, choices)
     if got is None:
         return Grade(False, why)

@@ -7,12 +7,11 @@ Spec: {"type": "math", "timeout_s": 5}. The reference and the answer are each pa
 "\\frac{1}{2}" are the same answer. An answer with nothing parseable fails with a detail saying so; a reference
 with nothing parseable is a data error and raises ValueError (as the numeric grader does).
 
-Only the final answer is graded: when the answer still holds its reasoning, the text after the last `</think>`;
-an answer that opened `<think>` and never closed it, or has nothing after
-`</think>`, fails as no answer, even when a `\\boxed{}` sits inside the thinking. Matrices and vectors
-(`\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}`) compare as matrices, entry by entry and shape included, never as
-their last number; an escaped dollar (`\\$18.90`) is a currency sign, and units in `\\text{}` are ignored by
-math-verify (`5\\text{ cm}` is 5).
+Only the final answer is graded (`base.grade`, for every grader): the text after the last `</think>`; an
+answer that opened `<think>` and never closed it, or has nothing after `</think>`, fails as no answer, even when
+a `\\boxed{}` sits inside the thinking. Matrices and vectors (`\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}`) compare as
+matrices, entry by entry and shape included, never as their last number; an escaped dollar (`\\$18.90`) is a
+currency sign, and units in `\\text{}` are ignored by math-verify (`5\\text{ cm}` is 5).
 
 Time limits: math-verify enforces its timeouts with `signal.alarm`, which only works in a process's main thread
 and raises ValueError anywhere else (a server's thread pool, `grade` called from a ThreadPoolExecutor). So the
@@ -28,7 +27,6 @@ import threading
 from typing import Any
 
 from branchmerge.graders.base import Grade, Grader, GraderSpec
-from branchmerge.teachers.thinking import split_reasoning
 
 # A bare string worth retrying as `$...$`: has LaTeX or math syntax, or is a lone variable. Plain words are not
 # retried, since math-verify would read "blah" as the product b*a*h*l.
@@ -82,11 +80,6 @@ def grade_math(answer: str, reference: str, spec: MathSpec) -> Grade:
     gold = parse_math(reference, limit)
     if not gold:
         raise ValueError(f"math grader: reference {reference!r} could not be parsed as math")
-    _, answer, closed = split_reasoning(answer)
-    if not closed:
-        return Grade(False, "no answer: cut off inside <think>")
-    if not answer:
-        return Grade(False, "empty answer")
     got = parse_math(answer, limit)
     if not got:
         return Grade(False, f"could not parse the answer as math: {answer.strip()[-60:]!r}")

@@ -12,9 +12,10 @@ Spec: {"type": "numeric", "rel_tol": 0.0, "abs_tol": 0.0, "final": false}.
 last "=" ("The answer is 5 + 3 = 8" reads 8), never a number after "not"; a statement that offers two
   different numbers as alternatives ("18 or 20", "between 18 and 20") fails as ambiguous.
 
-In both modes only the final answer is graded: the text after the last `</think>`; an answer cut off inside
-`<think>`, or with nothing after `</think>`, fails as no answer (a `\\boxed{}` inside the thinking counts for
-nothing). Thousands separators, `\\frac{a}{b}`, `a/b` and the Unicode minus are read as numbers.
+In both modes only the final answer is graded (`base.grade`, for every grader): the text after the last
+`</think>`; an answer cut off inside `<think>`, or with nothing after `</think>`, fails as no answer (a
+`\\boxed{}` inside the thinking counts for nothing). Thousands separators, `\\frac{a}{b}`, `a/b` and the Unicode
+minus are read as numbers.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import math
 import re
 
 from branchmerge.graders.base import Grade, Grader, GraderSpec
-from branchmerge.teachers.thinking import split_reasoning
 
 _NUM = r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+−]?\.\d+"
 _NUMBER = re.compile(rf"(?<![\w.])(?:{_NUM})(?:\s*/\s*(?:{_NUM}))?(?![\d])")
@@ -112,11 +112,6 @@ def grade_numeric(answer: str, reference: str, spec: NumericSpec) -> Grade:
     want = parse_number(reference)
     if want is None:
         raise ValueError(f"numeric grader: reference {reference!r} is not a number")
-    _, answer, closed = split_reasoning(answer)
-    if not closed:
-        return Grade(False, "no answer: cut off inside <think>")
-    if not answer:
-        return Grade(False, "empty answer")
     if spec.final:
         got, why = final_number(answer)
         if got is None:
