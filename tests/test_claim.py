@@ -6,17 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from branchmerge.evaluate.claim import (
-    ModelInfo,
-    build_claim,
-    check_models,
-    items_for_width,
-    share_interval,
-    total_compute,
-)
+from branchmerge.evaluate.claim import build_claim
+from branchmerge.evaluate.claim_models import ModelInfo, check_models, total_compute
 from branchmerge.evaluate.report import render_report
 from branchmerge.evaluate.results import Results, read_results
-from branchmerge.evaluate.stats import bootstrap_mean, compare
+from branchmerge.evaluate.stats import bootstrap_mean, compare, items_for_width, ratio_interval
 from branchmerge.records import EvalSample
 
 ITEMS = 20
@@ -186,11 +180,11 @@ def test_bad_descriptors_are_reported_together():
 def test_share_interval_with_a_constant_expert_gain_is_the_bootstrap_of_the_merge_gain():
     rng = np.random.default_rng(3)
     merge = rng.integers(0, 2, 40).astype(float)
-    lo, hi = share_interval(np.zeros(40), np.ones(40), merge, resamples=1000, seed=7)
+    lo, hi = ratio_interval(np.zeros(40), np.ones(40), merge, resamples=1000, seed=7)
     _, ref_lo, ref_hi = bootstrap_mean(merge.tolist(), resamples=1000, seed=7)
     assert (lo, hi) == pytest.approx((ref_lo, ref_hi))
     # an expert that mostly does not gain leaves the ratio unbounded
-    assert share_interval(np.zeros(40), np.eye(1, 40)[0], merge, resamples=200) == (None, None)
+    assert ratio_interval(np.zeros(40), np.eye(1, 40)[0], merge, resamples=200) == (None, None)
 
 
 def test_items_for_width():

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from branchmerge.evaluate.claim import check_models, total_compute
+from branchmerge.evaluate.claim_models import check_models, total_compute
 from branchmerge.recipe.cache import StageOutcome
 from branchmerge.recipe.describe import describe_models
 from branchmerge.recipe.schema import load_recipe

@@ -15,19 +15,26 @@ Per merge, from the evaluation samples and a descriptor of every model (`ModelIn
 - compute: tokens trained and wall time of each model plus everything it was made from (a merge: its parents'
   summed, plus the merge itself), so merge against mixture reads as a measured cost/quality trade.
 
-Targets (`TARGETS`) are evaluated from these numbers, never assumed.
+The targets (`targets`: thresholds KEEP_SHARE, MIXTURE_GAP, BASE_WIDTH) are judged from these numbers, never
+assumed. The model descriptors and compute sums live in `claim_models.py`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from branchmerge.evaluate.claim_models import (
+    Compute,
+    Kind,
+    ModelInfo,
+    ancestors,
+    check_models,
+    total_compute,
+)
 from branchmerge.evaluate.stats import (
     ALL,
     Comparison,
@@ -35,44 +42,21 @@ from branchmerge.evaluate.stats import (
     compare,
     group_order,
     item_means,
+    items_for_width,
     pass1_table,
+    ratio_interval,
     split,
 )
 from branchmerge.records import EvalSample
 
-Kind = Literal["base", "expert", "mixture", "merge", "other"]
 KEEP_SHARE = 0.70  # a merge should keep at least this share of each expert's in-domain gain
 MIXTURE_GAP = 0.03  # ... and trail the mixture by at most this much over all items (3 points)
 BASE_WIDTH = 0.10  # the base's 95% interval on each domain should be at most this wide (10 points)
 
 
-class ModelInfo(BaseModel):
-    """What the claim needs to know about a model besides its samples. Compute is the model's own (its training
-    run, or the merge itself); `parents` are the models it was made from (an expert: the base)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    kind: Kind
-    domain: str | None = None  # an expert's own domain
-    parents: list[str] = Field(default_factory=list)
-    train_tokens: int | None = Field(None, ge=0)  # non-padding tokens seen over all steps; None: not recorded
-    loss_tokens: int | None = Field(None, ge=0)  # tokens the loss was taken on
-    wall_s: float | None = Field(None, ge=0)
-
-
 class _Boot(NamedTuple):
     resamples: int
     seed: int
-
-
-@dataclass(frozen=True)
-class Compute:
-    """A model's own compute plus that of every model it was made from (each counted once); None: unknown."""
-
-    train_tokens: int | None
-    loss_tokens: int | None
-    wall_s: float | None
 
 
 @dataclass(frozen=True)
@@ -114,61 +98,6 @@ class Claim:
     vs_base: dict[str, dict[str, Comparison]]  # evaluated model -> domain (and "all") -> model − base
     merges: list[MergeClaim] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
-
-
-def check_models(models: Sequence[ModelInfo]) -> dict[str, ModelInfo]:
-    """name -> descriptor; every problem (duplicate names, unknown parents, cycles, two bases) in one error."""
-    by_name: dict[str, ModelInfo] = {}
-    errors = []
-    for m in models:
-        if m.name in by_name:
-            errors.append(f"models: '{m.name}' is described twice")
-        by_name[m.name] = m
-    for m in models:
-        errors += [
-            f"models: {m.name}.parents: '{p}' is not a described model (known: {', '.join(sorted(by_name))})"
-            for p in m.parents
-            if p not in by_name
-        ]
-        if m.kind == "merge" and not m.parents:
-            errors.append(f"models: {m.name}.parents: a merge needs the models it was made from")
-    bases = [m.name for m in models if m.kind == "base"]
-    if len(bases) > 1:
-        errors.append(f"models: more than one model of kind base ({', '.join(bases)})")
-    if not errors:
-        for m in models:
-            if m.name in ancestors(m.name, by_name):
-                errors.append(f"models: {m.name}.parents: '{m.name}' is its own ancestor")
-    if errors:
-        raise ValueError("\n".join(errors))
-    return by_name
-
-
-def ancestors(name: str, models: dict[str, ModelInfo]) -> list[str]:
-    """Every model `name` was made from, directly or through others, each once, nearest first."""
-    out: list[str] = []
-    todo = list(models[name].parents)
-    while todo:
-        p = todo.pop(0)
-        if p not in out:
-            out.append(p)
-            if p != name:
-                todo += models[p].parents
-    return out
-
-
-def total_compute(name: str, models: dict[str, ModelInfo]) -> Compute:
-    """Own compute plus every ancestor's; a base (trained before this run) counts 0 unless its descriptor says."""
-
-    def total(values: list[float | int | None]) -> float | None:
-        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
-
-    chain = [models[name], *(models[a] for a in ancestors(name, models))]
-    own = [m for m in chain if m.kind != "base"]
-    tokens = total([m.train_tokens if m.kind != "merge" else 0 for m in own])
-    loss = total([m.loss_tokens if m.kind != "merge" else 0 for m in own])
-    wall = total([m.wall_s for m in own])
-    return Compute(None if tokens is None else int(tokens), None if loss is None else int(loss), wall)
 
 
 def build_claim(
@@ -239,28 +168,8 @@ def _kept(
     if test is None or not (test.significant and test.diff > 0):
         why = f"{expert} does not significantly beat {base} on {domain}"
         return KeptGain(expert, d, gain_e, gain_m, None, items=len(shared), reason=why)
-    lo, hi = share_interval(b, e, m, resamples=boot.resamples, seed=boot.seed)
+    lo, hi = ratio_interval(b, e, m, resamples=boot.resamples, seed=boot.seed)
     return KeptGain(expert, d, gain_e, gain_m, gain_m / gain_e, lo, hi, len(shared))
-
-
-def share_interval(
-    base: np.ndarray, expert: np.ndarray, merge: np.ndarray, *, resamples: int = 2000, seed: int = 0
-) -> tuple[float | None, float | None]:
-    """95% percentile-bootstrap interval of mean(merge − base) / mean(expert − base), resampling items jointly.
-
-    A resample where the expert does not gain (denominator ≤ 0) has no ratio. Past 2.5% of such resamples the
-    interval is unbounded and (None, None) is returned; the share itself is only reported when the expert's gain
-    is significant, which keeps that rare.
-    """
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, base.size, size=(resamples, base.size))
-    num = (merge - base)[idx].mean(axis=1)
-    den = (expert - base)[idx].mean(axis=1)
-    ok = den > 0
-    if ok.mean() < 0.975:
-        return None, None
-    lo, hi = np.quantile(num[ok] / den[ok], [0.025, 0.975])
-    return float(lo), float(hi)
 
 
 def targets(claim: Claim) -> list[Target]:
@@ -354,16 +263,28 @@ def _base_width(claim: Claim) -> Target:
     )
 
 
-def items_for_width(p: float, width: float, z: float = 1.96) -> int:
-    """Items for a 95% interval `width` wide around a pass rate p, one sample per item (normal approximation
-    of the binomial: width = 2z·sqrt(p(1−p)/n)); p is clipped to [0.05, 0.95] so a rate at 0 or 1 still asks
-    for a sensible number. A planning figure, not a guarantee: samples per item and the bootstrap change it."""
-    q = min(0.95, max(0.05, p))
-    return math.ceil((2 * z) ** 2 * q * (1 - q) / width**2)
-
-
 def _pts_ci(c: Comparison) -> str:
     sig = "significant" if c.significant else "not significant"
     return (
         f"{100 * c.diff:+.1f} pts [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}], p = {max(c.p, c.p_sign):.2g}, {sig}"
     )
+
+
+__all__ = [
+    "BASE_WIDTH",
+    "KEEP_SHARE",
+    "MIXTURE_GAP",
+    "Claim",
+    "Compute",
+    "KeptGain",
+    "Kind",
+    "MergeClaim",
+    "ModelInfo",
+    "Target",
+    "ancestors",
+    "build_claim",
+    "check_models",
+    "merge_targets",
+    "targets",
+    "total_compute",
+]

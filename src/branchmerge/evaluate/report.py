@@ -3,7 +3,7 @@
 Sections: pass@1 per model × domain with bootstrap intervals (and the grouped bar chart `accuracy.png`), paired
 comparisons against a baseline (every "A beats B in D" with its interval, flagged when not significant), merge
 synergy (domains where a merge beats all of its parents), pass@k curves, output length by domain, level and
-difficulty, then stage times and notes. Given a descriptor of every model (`claim.ModelInfo`), a "Branch-Merge
+difficulty, then stage times and notes. Given a descriptor of every model (`claim_models.ModelInfo`), a "Branch-Merge
 claim" section (kept gains, gaps to the mixture, compute, targets; `report_claim.py`) follows the paired
 comparisons and `results.json` is written beside the report (`results.py`). The numbers come from `stats/`, the
 figures from `plots.py`, the rendering from `report_html.py`.
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from branchmerge.evaluate import plots
-from branchmerge.evaluate.claim import ModelInfo, build_claim
+from branchmerge.evaluate.claim import build_claim
+from branchmerge.evaluate.claim_models import ModelInfo
 from branchmerge.evaluate.report_claim import claim_section
 from branchmerge.evaluate.report_html import (
     Block,

@@ -1,5 +1,5 @@
 """What each model of a recipe run is, for the report's Branch-Merge claim and results.json
-(`branchmerge.evaluate.claim.ModelInfo`): the student is the base, `expert-<domain>` an expert of that domain, the
+(`branchmerge.evaluate.claim_models.ModelInfo`): the student is the base, `expert-<domain>` an expert of that domain, the
 mixture a mixture, every `merges:` entry a merge of the models its config names, the GRPO model other.
 
 Compute comes from the stage records: tokens from a training stage's summary, wall time from the stage's own run
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from branchmerge.evaluate.claim import ModelInfo
+from branchmerge.evaluate.claim_models import ModelInfo
 from branchmerge.recipe.cache import StageOutcome
 from branchmerge.recipe.resolve import STUDENT, expert_groups
 from branchmerge.recipe.schema import Recipe
