@@ -5,9 +5,11 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
+from branchmerge.errors import BranchmergeError
 from branchmerge.evaluate.claim import build_claim
-from branchmerge.evaluate.claim_models import ModelInfo, check_models, total_compute
+from branchmerge.evaluate.claim_models import ModelInfo, check_models, load_models, total_compute
 from branchmerge.evaluate.report import render_report
 from branchmerge.evaluate.results import Results, read_results
 from branchmerge.evaluate.stats import bootstrap_mean, compare, items_for_width, ratio_interval
@@ -251,3 +253,36 @@ def test_report_without_descriptors_writes_no_results(tmp_path):
     render_report(_samples(), tmp_path, baseline="student", resamples=100, html=False)
     assert not (tmp_path / "results.json").exists()
     assert "Branch-Merge claim" not in (tmp_path / "report.md").read_text()
+
+
+def test_report_command_with_models_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from branchmerge.cli.main import app
+    from branchmerge.records import write_jsonl
+
+    write_jsonl(tmp_path / "s.jsonl", _samples())
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump([m.model_dump(exclude_none=True) for m in MODELS]))
+    args = ["report", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r"), "--baseline", "student"]
+    res = CliRunner().invoke(app, [*args, "--models", str(tmp_path / "models.yaml"), "--no-html"])
+    assert res.exit_code == 0, res.output
+    r = read_results(tmp_path / "r" / "results.json")
+    assert r.models["merge"].kept_gain["expert-sort"].share == pytest.approx(5 / 8)
+
+    bad = [
+        {"name": "student", "kind": "teacher"},
+        {"name": "m", "kind": "merge", "parents": ["x"], "wall": 1},
+    ]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    args[3] = str(tmp_path / "r2")
+    res = CliRunner().invoke(app, [*args, "--models", str(tmp_path / "bad.yaml")])
+    assert res.exit_code == 2
+    assert "bad.yaml: [0].kind: Input should be 'base'" in res.output
+    assert "bad.yaml: [1].wall: Extra inputs are not permitted" in res.output
+    assert not (tmp_path / "r2").exists()  # refused before any output
+
+
+def test_models_file_parents_are_checked(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps([{"name": "m", "kind": "merge", "parents": ["x"]}]))
+    with pytest.raises(BranchmergeError, match=r"m.json: models: m.parents: 'x' is not a described model"):
+        load_models(tmp_path / "m.json")

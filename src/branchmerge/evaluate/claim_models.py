@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from branchmerge.errors import BranchmergeError
 
 Kind = Literal["base", "expert", "mixture", "merge", "other"]
 
@@ -90,3 +94,31 @@ def total_compute(name: str, models: dict[str, ModelInfo]) -> Compute:
     loss = total([m.loss_tokens if m.kind != "merge" else 0 for m in own])
     wall = total([m.wall_s for m in own])
     return Compute(None if tokens is None else int(tokens), None if loss is None else int(loss), wall)
+
+
+def load_models(path: str | Path) -> list[ModelInfo]:
+    """Descriptors from a YAML or JSON file: a list of {name, kind, domain, parents, train_tokens, loss_tokens,
+    wall_s}. Every problem is reported at once, naming the file and the field; then `check_models` runs."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise BranchmergeError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    if not isinstance(data, list):
+        raise BranchmergeError(f"{path}: expected a list of models, each with at least a name and a kind")
+    models, errors = [], []
+    for i, row in enumerate(data):
+        try:
+            models.append(ModelInfo.model_validate(row))
+        except ValidationError as e:
+            for err in e.errors():
+                where = ".".join(str(x) for x in err["loc"]) or "(model)"
+                errors.append(f"{path}: [{i}].{where}: {err['msg']}")
+    if not errors:
+        try:
+            check_models(models)
+        except ValueError as e:
+            errors += [f"{path}: {line}" for line in str(e).splitlines()]
+    if errors:
+        raise BranchmergeError("\n".join(errors))
+    return models
