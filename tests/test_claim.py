@@ -286,3 +286,15 @@ def test_models_file_parents_are_checked(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps([{"name": "m", "kind": "merge", "parents": ["x"]}]))
     with pytest.raises(BranchmergeError, match=r"m.json: models: m.parents: 'x' is not a described model"):
         load_models(tmp_path / "m.json")
+
+
+def test_an_expert_without_an_own_domain_has_no_kept_gain():
+    passes = {**PASSES, "expert-teacher": {"add": 4, "sort": 10}}
+    models = [*MODELS, ModelInfo(name="expert-teacher", kind="expert", parents=["student"])]
+    models.append(ModelInfo(name="m3", kind="merge", parents=["expert-add", "expert-teacher"]))
+    passes["m3"] = {"add": 13, "sort": 10}
+    claim = build_claim(_samples(passes), models, resamples=200)
+    kept = _kept(claim, "m3")
+    assert kept["?"].share is None and kept["?"].reason == "expert-teacher has no evaluated own domain"
+    first = claim.targets[0]
+    assert first.holds is True and "expert-teacher" not in first.evidence  # judged on the domain experts

@@ -176,7 +176,11 @@ def targets(claim: Claim) -> list[Target]:
     """The claim's targets, each judged from the numbers (a merge's three in one row per merge)."""
     out = []
     base = claim.base or "the base"
-    experts = [n for n, m in claim.models.items() if m.kind == "expert" and n in claim.pass1]
+    experts = [
+        n
+        for n, m in claim.models.items()
+        if m.kind == "expert" and n in claim.pass1 and m.domain in claim.domains  # not experts by teacher
+    ]
     rows = []
     for e in experts:
         d = claim.models[e].domain
