@@ -268,7 +268,13 @@ def _base_width(claim: Claim) -> Target:
 
 
 def _pts_ci(c: Comparison) -> str:
-    sig = "significant" if c.significant else "not significant"
+    sig = (
+        "not significant"
+        if not c.significant
+        else "significantly higher"
+        if c.diff > 0
+        else "significantly lower"
+    )
     return (
         f"{100 * c.diff:+.1f} pts [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}], p = {max(c.p, c.p_sign):.2g}, {sig}"
     )

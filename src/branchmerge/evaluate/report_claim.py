@@ -24,7 +24,8 @@ def _pts(x: float | None) -> str:
 def _cmp(c: Comparison | None) -> list[str]:
     if c is None:
         return ["–", "–", "–", "⚠ no shared items"]
-    verdict = ("**significant**" if c.significant else "⚠ not significant") + f" ({c.items} items)"
+    word = "**significantly higher**" if c.diff > 0 else "**significantly lower**"
+    verdict = (word if c.significant else "⚠ not significant") + f" ({c.items} items)"
     return [_pts(c.diff), f"[{_pts(c.lo)}, {_pts(c.hi)}]", f"{max(c.p, c.p_sign):.2g}", verdict]
 
 
