@@ -110,10 +110,10 @@ class TrainResult:
     final_loss: float
     seconds: float
     examples: int
-    train_tokens: (
-        int | None
-    )  # non-padding input tokens over all steps (None: resumed from a run that did not count)
-    loss_tokens: int | None = None  # the tokens the loss was taken on
+    # non-padding input tokens over all steps, and those the loss was taken on (None: resumed from a checkpoint
+    # that did not record them)
+    train_tokens: int | None
+    loss_tokens: int | None = None
     resumed_from_step: int | None = None
     # domain -> held-out loss at the last evaluation
     eval_losses: dict[str, float] = field(default_factory=dict)
