@@ -298,3 +298,13 @@ def test_an_expert_without_an_own_domain_has_no_kept_gain():
     assert kept["?"].share is None and kept["?"].reason == "expert-teacher has no evaluated own domain"
     first = claim.targets[0]
     assert first.holds is True and "expert-teacher" not in first.evidence  # judged on the domain experts
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2, 0.1])
+def test_items_for_width_gives_a_bootstrap_interval_about_that_wide(p):
+    n = items_for_width(p, 0.10)
+    k = round(p * n)
+    _, lo, hi = bootstrap_mean([1.0] * k + [0.0] * (n - k), resamples=2000)
+    assert hi - lo == pytest.approx(0.10, abs=0.01)
+    _, lo, hi = bootstrap_mean([1.0] * round(p * 60) + [0.0] * (60 - round(p * 60)), resamples=2000)
+    assert hi - lo > 0.14  # the 60 items per domain of today's demo are far from it
