@@ -16,6 +16,7 @@ from branchmerge.evaluate.report import render_report
 from branchmerge.evaluate.stats import accuracy_table
 from branchmerge.recipe import data_stages, stages
 from branchmerge.recipe.cache import StageCache, StageOutcome, dir_fingerprint, fingerprint
+from branchmerge.recipe.describe import describe_models
 from branchmerge.recipe.keys import (
     build_sft_key,
     eval_key,
@@ -222,6 +223,7 @@ def run_recipe(
         merges=merge_parents(recipe, {s.model for s in samples}),
         problems=eval_problems,
         max_k=e_spec.max_k,
+        models=describe_models(recipe, result.stages),
     )
     return result
 
