@@ -34,6 +34,7 @@ from typing import cast
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from branchmerge import runtime
 from branchmerge.errors import BranchmergeError
 from branchmerge.merge.calibration import StatisticsReader, load_statistics
 from branchmerge.merge.checkpoint import LazyTensor, TensorReader
@@ -185,11 +186,13 @@ def _merge_tensors(
         TimeElapsedColumn(),
     )
     writes: list[Future[None]] = []
+    # OpenMP's thread count is per thread: the reader and writer get the math thread's, not the default
+    same_threads = functools.partial(torch.set_num_threads, torch.get_num_threads())
     try:
         with (
             TensorReader() as reader,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as read_pool,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as write_pool,
+            ThreadPoolExecutor(1, "merge-read", initializer=same_threads) as read_pool,
+            ThreadPoolExecutor(1, "merge-write", initializer=same_threads) as write_pool,
             Progress(*columns, disable=not show_progress) as progress,
         ):
             task = progress.add_task(f"merge ({plan.method.name})", total=len(plan.jobs))
@@ -297,6 +300,7 @@ def run_merge(
     max_shard_bytes: int = MAX_SHARD_BYTES,
     device: str | torch.device | None = None,
     intermediate_dir: str | Path | None = None,
+    threads: int | None = None,
 ) -> MergeResult:
     """Merge the models a mergekit-style config names into `out_dir`, a folder transformers loads.
 
@@ -304,8 +308,21 @@ def run_merge(
     `sequence.py`), or the path of a YAML file with one or more documents. Everything is validated before any
     weight is read; bad input raises BranchmergeError and leaves no output behind. `device` is where the math
     runs ("cuda" on a GPU machine). A sequence's intermediate outputs go to `intermediate_dir` when given (and
-    are reused by a rerun with the same steps), else to a temporary folder removed at the end.
+    are reused by a rerun with the same steps), else to a temporary folder removed at the end. `threads`: torch
+    intra-op threads for the math (default: `runtime.policy("merge")`, one core left to reading and writing).
     """
+    with runtime.using("merge", threads):
+        return _run_merge(config, out_dir, show_progress, max_shard_bytes, device, intermediate_dir)
+
+
+def _run_merge(
+    config: MergeConfig | dict | Sequence[MergeConfig | dict] | str | Path,
+    out_dir: str | Path,
+    show_progress: bool,
+    max_shard_bytes: int,
+    device: str | torch.device | None,
+    intermediate_dir: str | Path | None,
+) -> MergeResult:
     start = time.perf_counter()
     configs = coerce_configs(config)
     out = Path(out_dir)

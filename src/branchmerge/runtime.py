@@ -1,0 +1,152 @@
+"""How many threads each workload computes with, and whether idle OpenMP threads spin or sleep: set here only.
+
+Every CPU-heavy part of branchmerge (training, serving and generating, evaluating, grading, merging) asks this
+module for its `ThreadPolicy` instead of leaving torch's defaults. The defaults are measured, not guessed
+(`benchmarks/busy_bench.py`, figures in benchmarks/README.md):
+
+- torch's CPU kernels run on an OpenMP pool of one thread per core, and libgomp's idle threads spin for a while
+  before they sleep. On a machine where another process wants a core, a spinning thread holds its core while the
+  thread it waits for is descheduled, so each parallel region waits for a time slice: a 0.8M-parameter training
+  step went from 0.4 s to several seconds. With `OMP_WAIT_POLICY=PASSIVE` idle threads sleep at once.
+- Small models gain little from a second intra-op thread even on an idle machine (each op is microseconds, the
+  pool's fork and join cost as much), and lose the most under load. So training, serving and evaluation of a
+  model below `SMALL_MODEL` parameters run one intra-op thread; larger ones use every core we may run on.
+- A merge runs one math thread beside a reader and a writer thread (`merge/engine.py`), so its intra-op pool
+  leaves one core to them: on 2 cores, one thread.
+- Grading runs one process per core, each single-threaded (`graders/parallel.py`).
+
+`OMP_WAIT_POLICY` is read once, when torch loads libgomp, so `prepare_environment` must run before `import torch`:
+the CLI calls it first thing, and `subprocess_env` gives child processes the same settings. A library user who
+imports torch first still gets the thread counts (`apply`), which is what matters most.
+
+Overrides, in order: the `threads` argument of `policy`/`apply`, then the environment variable
+`BRANCHMERGE_THREADS` (an integer), then the defaults above. `BRANCHMERGE_OMP_WAIT=active` keeps libgomp's
+spinning (faster by a few percent for many-threaded work on a dedicated machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from branchmerge.errors import BranchmergeError
+
+Workload = Literal["train", "serve", "eval", "grade", "merge"]
+WORKLOADS: tuple[Workload, ...] = ("train", "serve", "eval", "grade", "merge")
+THREADS_ENV = "BRANCHMERGE_THREADS"
+WAIT_ENV = "BRANCHMERGE_OMP_WAIT"
+SMALL_MODEL = 50_000_000  # parameters; below this a second intra-op thread does not pay (README figures)
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    workload: Workload
+    intra_op: int  # torch.set_num_threads
+    processes: int  # worker processes (grading); 1 elsewhere
+    passive_wait: bool  # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning
+    overlap_io: bool  # read ahead and write behind in threads beside the compute (merge)
+
+
+def cores() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _env_threads() -> int | None:
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise BranchmergeError(f"${THREADS_ENV}={raw!r}: must be a positive integer (threads per process)")
+    return int(raw)
+
+
+def passive_wait() -> bool:
+    raw = os.environ.get(WAIT_ENV, "passive").strip().lower()
+    if raw not in ("passive", "active"):
+        raise BranchmergeError(f"${WAIT_ENV}={raw!r}: must be 'passive' or 'active'")
+    return raw == "passive"
+
+
+def policy(workload: Workload, threads: int | None = None, *, params: int | None = None) -> ThreadPolicy:
+    """The thread policy of one workload. `params`: the model's parameter count, where one is involved
+    (None counts as small: the tiny models of the demo and tests are the common CPU case)."""
+    if workload not in WORKLOADS:
+        raise BranchmergeError(
+            f"thread policy: {workload!r} is not a workload (known: {', '.join(WORKLOADS)})"
+        )
+    if threads is not None and threads < 1:
+        raise BranchmergeError(f"threads={threads}: must be at least 1")
+    n = cores()
+    chosen = threads or _env_threads()
+    if workload == "grade":
+        return ThreadPolicy(workload, 1, chosen or n, passive_wait(), overlap_io=False)
+    if chosen is None:
+        if workload == "merge":
+            chosen = max(1, n - 1)
+        else:
+            chosen = n if params is not None and params >= SMALL_MODEL else 1
+    return ThreadPolicy(workload, chosen, 1, passive_wait(), overlap_io=workload == "merge")
+
+
+def apply(workload: Workload, threads: int | None = None, *, params: int | None = None) -> ThreadPolicy:
+    """Set torch's intra-op thread count for `workload` in this process; returns the policy applied."""
+    import torch
+
+    chosen = policy(workload, threads, params=params)
+    if torch.get_num_threads() != chosen.intra_op:
+        torch.set_num_threads(chosen.intra_op)
+    return chosen
+
+
+@contextlib.contextmanager
+def using(
+    workload: Workload, threads: int | None = None, *, params: int | None = None
+) -> Iterator[ThreadPolicy]:
+    """`apply` for the duration of a block, then torch's earlier thread count again (a library caller's
+    own setting survives a merge or a training run)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield apply(workload, threads, params=params)
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def omp_environment(threads: int | None = None) -> dict[str, str]:
+    """The variables libgomp, MKL and torch read at start-up: wait policy, and thread counts when given."""
+    env = {"OMP_WAIT_POLICY": "PASSIVE" if passive_wait() else "ACTIVE"}
+    if env["OMP_WAIT_POLICY"] == "PASSIVE":
+        env["KMP_BLOCKTIME"] = "0"  # Intel's OpenMP (a torch built with MKL's iomp reads this one)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def prepare_environment() -> None:
+    """Set the OpenMP wait policy for this process; call before torch is imported (the CLI does). A variable
+    the user already set is left alone."""
+    for key, value in omp_environment().items():
+        os.environ.setdefault(key, value)
+
+
+def subprocess_env(
+    workload: Workload,
+    threads: int | None = None,
+    *,
+    params: int | None = None,
+    base: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """An environment for a child process running `workload`: `base` (default os.environ) plus the wait policy
+    and the policy's thread count."""
+    env = dict(os.environ if base is None else base)
+    env.update(omp_environment(policy(workload, threads, params=params).intra_op))
+    return env
