@@ -3,8 +3,9 @@
     python benchmarks/_busy_workloads.py train|generate POLICY
 
 POLICY: `policy` applies branchmerge's thread policy (`branchmerge.runtime.apply`) after the environment that
-busy_bench chose; `torch` leaves torch's defaults (one intra-op thread per core). Prints one line: the median
-seconds of a timed unit (a training step, a batch of generations) after warm-up.
+busy_bench chose; `torch` leaves torch's defaults (one intra-op thread per core). Prints the seconds of each
+timed unit (a training step, a batch of generations) after warm-up as it ends, one per line, so a run stopped at
+busy_bench's timeout still reports the units it finished.
 
 - train: the shipped tiny student (tinylab, 0.8M parameters), AdamW, batch 16 x 180 tokens, 1 warm-up + 5
   timed steps (what the demo's expert training does, step by step);
@@ -13,7 +14,6 @@ seconds of a timed unit (a training step, a batch of generations) after warm-up.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,12 +24,11 @@ from transformers import Qwen3ForCausalLM
 STUDENT = Path(__file__).resolve().parents[1] / "src/branchmerge/tinylab/weights/student"
 
 
-def _train(model: Qwen3ForCausalLM) -> list[float]:
+def _train(model: Qwen3ForCausalLM) -> None:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(model.config.vocab_size, (16, 180), generator=g)
-    times = []
     for step in range(6):
         start = time.perf_counter()
         loss = model(input_ids=ids, labels=ids).loss
@@ -37,14 +36,12 @@ def _train(model: Qwen3ForCausalLM) -> list[float]:
         optimizer.step()
         optimizer.zero_grad()
         if step >= 1:
-            times.append(time.perf_counter() - start)
-    return times
+            print(f"{time.perf_counter() - start:.4f}", flush=True)
 
 
-def _generate(model: Qwen3ForCausalLM) -> list[float]:
+def _generate(model: Qwen3ForCausalLM) -> None:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(model.config.vocab_size, (8, 32), generator=g)
-    times = []
     with torch.no_grad():
         for i in range(4):
             start = time.perf_counter()
@@ -56,8 +53,7 @@ def _generate(model: Qwen3ForCausalLM) -> list[float]:
                 do_sample=False,
             )
             if i >= 1:
-                times.append(time.perf_counter() - start)
-    return times
+                print(f"{time.perf_counter() - start:.4f}", flush=True)
 
 
 def main(workload: str, policy: str) -> None:
@@ -66,8 +62,7 @@ def main(workload: str, policy: str) -> None:
         from branchmerge import runtime
 
         runtime.apply("train" if workload == "train" else "serve", params=model.num_parameters())
-    times = _train(model) if workload == "train" else _generate(model)
-    print(f"{statistics.median(times):.4f} {torch.get_num_threads()}")
+    _train(model) if workload == "train" else _generate(model)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ Variants:
   `torch` = torch's defaults (one intra-op thread per core, libgomp's spinning waits), `passive` = the same
   threads with `OMP_WAIT_POLICY=PASSIVE`, `policy` = `branchmerge.runtime`'s default for the workload.
 - slerp, ties (random Qwen3 checkpoints as in merge_bench.py): `ours` = `run_merge` under the policy (as the
-  CLI runs it), `ours-torch` = `run_merge` with torch's defaults, `mergekit` = mergekit-yaml (baseline for
+  CLI runs it), `ours-all` = the same with one intra-op thread per core (sleeping waits), `ours-torch` =
+  `run_merge` with torch's defaults (one thread per core, spinning waits), `mergekit` = mergekit-yaml (baseline for
   the ratios), `io` = reading every input and writing one model (`_io_bound.py`). Wall time of the whole
-  process, start-up included.
-A run longer than --timeout is stopped and counted at the timeout (marked with `>`).
+  process, start-up included. Each run gets an empty digest cache, so ours hashes its inputs every time.
+A run longer than --timeout is stopped (marked with `>`): a small workload counts the units it finished, a
+merge counts the timeout, so either figure is a lower bound.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ OURS = (
     "from branchmerge.merge import run_merge; run_merge(sys.argv[1], sys.argv[2], show_progress=False)"
 )
 OURS_TORCH = "import sys; from branchmerge.merge import run_merge; run_merge(sys.argv[1], sys.argv[2], show_progress=False)"
-# torch's defaults for `ours-torch` / `torch`: no policy variables, libgomp spins, one thread per core
+# torch's defaults for `ours-torch`: libgomp spins, one thread per core; `ours-all`: as many threads, sleeping
 TORCH_DEFAULTS = {"BRANCHMERGE_OMP_WAIT": "active", "BRANCHMERGE_THREADS": str(os.cpu_count() or 1)}
+ALL_PASSIVE = {"BRANCHMERGE_THREADS": str(os.cpu_count() or 1)}
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
@@ -70,6 +73,7 @@ def merge_variants(
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     variants = {
         "ours": ([sys.executable, "-c", OURS, str(cfg), "{out}"], {}),
+        "ours-all": ([sys.executable, "-c", OURS, str(cfg), "{out}"], ALL_PASSIVE),
         "ours-torch": ([sys.executable, "-c", OURS_TORCH, str(cfg), "{out}"], TORCH_DEFAULTS),
         "io": ([sys.executable, str(HERE / "_io_bound.py"), "{out}", *inputs], {}),
     }
@@ -78,21 +82,32 @@ def merge_variants(
     return variants
 
 
-def run_once(cmd: list[str], env: dict[str, str], out: Path, timeout: float) -> tuple[float, bool, str]:
-    """(seconds, timed out, stdout): wall time of the process, or the workload's own figure when it prints one."""
+def run_once(cmd: list[str], env: dict[str, str], out: Path, timeout: float) -> tuple[float, bool]:
+    """(seconds, timed out): the median of the units the workload printed (one figure a line), else the wall
+    time of the process. A run stopped at the timeout counts its finished units, or the timeout if none."""
     shutil.rmtree(out, ignore_errors=True)
     argv = [str(out) if a == "{out}" else a for a in cmd]
+    # an empty digest cache for every run: ours hashes its inputs each time, as a first merge does
+    cache = Path(tempfile.mkdtemp(prefix="xdg-cache-", dir=out.parent))
     start = time.perf_counter()
     try:
-        done = subprocess.run(argv, env=_env(env), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        shutil.rmtree(out, ignore_errors=True)
-        return timeout, True, ""
+        done = subprocess.run(
+            argv,
+            env=_env({**env, "XDG_CACHE_HOME": str(cache)}),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        stdout, late = done.stdout, False
+    except subprocess.TimeoutExpired as e:
+        stdout, late = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), True
     wall = time.perf_counter() - start
     shutil.rmtree(out, ignore_errors=True)
-    if done.returncode != 0:
+    shutil.rmtree(cache, ignore_errors=True)
+    if not late and done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:3])} exited {done.returncode}:\n{done.stderr[-2000:]}")
-    return wall, False, done.stdout.strip()
+    units = [float(line) for line in stdout.split()]
+    return (statistics.median(units) if units else min(wall, timeout)), late
 
 
 def bench(
@@ -106,8 +121,7 @@ def bench(
             try:
                 for name, (cmd, env) in variants.items():
                     load = os.getloadavg()[0]
-                    wall, late, out = run_once(cmd, env, root / "out", args.timeout)
-                    figure = float(out.split()[0]) if out and not late else wall
+                    figure, late = run_once(cmd, env, root / "out", args.timeout)
                     runs.setdefault((name, condition), []).append((figure, late))
                     loads.setdefault((name, condition), []).append(load)
                     mark = ">" if late else " "

@@ -5,19 +5,23 @@ module for its `ThreadPolicy` instead of leaving torch's defaults. The defaults 
 (`benchmarks/busy_bench.py`, figures in benchmarks/README.md):
 
 - torch's CPU kernels run on an OpenMP pool of one thread per core, and libgomp's idle threads spin for a while
-  before they sleep. On a machine where another process wants a core, a spinning thread holds its core while the
-  thread it waits for is descheduled, so each parallel region waits for a time slice: a 0.8M-parameter training
-  step went from 0.4 s to several seconds. With `OMP_WAIT_POLICY=PASSIVE` idle threads sleep at once.
-- Small models gain little from a second intra-op thread even on an idle machine (each op is microseconds, the
-  pool's fork and join cost as much), and lose the most under load. So training, serving and evaluation of a
-  model below `SMALL_MODEL` parameters run one intra-op thread; larger ones use every core we may run on.
-- A merge runs one math thread beside a reader and a writer thread (`merge/engine.py`), so its intra-op pool
-  leaves one core to them: on 2 cores, one thread.
+  before they sleep. When another process wants a core, a spinning thread holds its core while the thread it waits
+  for is descheduled, so each parallel region waits for a time slice: a training step of the 0.8M-parameter
+  student went from 0.3-0.7 s to 1.6-40 s on a shared 2-core machine. With `OMP_WAIT_POLICY=PASSIVE` idle threads
+  sleep at once, and every workload here runs that way.
+- Training: with sleeping waits one thread per core is the fastest, even for the tiny student, quiet or beside a
+  competing process.
+- Serving and generation (evaluation) of a small model: one intra-op thread. Each decoding step is many tiny ops,
+  and waking a sleeping thread for each costs more than the second core gives; below `SMALL_MODEL` parameters one
+  thread is fastest. Larger models use every core.
+- A merge runs its math beside a reader and a writer thread (`merge/engine.py`), so the intra-op pool leaves one
+  core to them: on 2 cores, one thread.
 - Grading runs one process per core, each single-threaded (`graders/parallel.py`).
 
 `OMP_WAIT_POLICY` is read once, when torch loads libgomp, so `prepare_environment` must run before `import torch`:
-the CLI calls it first thing, and `subprocess_env` gives child processes the same settings. A library user who
-imports torch first still gets the thread counts (`apply`), which is what matters most.
+the CLI calls it first thing, and `subprocess_env` gives child processes the same settings. In a process whose
+OpenMP threads spin (torch imported before the variable was set), training also runs one thread: two spinning
+threads are the collapse above.
 
 Overrides, in order: the `threads` argument of `policy`/`apply`, then the environment variable
 `BRANCHMERGE_THREADS` (an integer), then the defaults above. `BRANCHMERGE_OMP_WAIT=active` keeps libgomp's
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -38,7 +43,7 @@ Workload = Literal["train", "serve", "eval", "grade", "merge"]
 WORKLOADS: tuple[Workload, ...] = ("train", "serve", "eval", "grade", "merge")
 THREADS_ENV = "BRANCHMERGE_THREADS"
 WAIT_ENV = "BRANCHMERGE_OMP_WAIT"
-SMALL_MODEL = 50_000_000  # parameters; below this a second intra-op thread does not pay (README figures)
+SMALL_MODEL = 50_000_000  # parameters; below this, generation runs one intra-op thread (README figures)
 
 
 @dataclass(frozen=True)
@@ -67,16 +72,30 @@ def _env_threads() -> int | None:
     return int(raw)
 
 
+_set_after_torch = False  # prepare_environment ran after torch had loaded libgomp: too late to take effect
+
+
+def sleeping_waits() -> bool:
+    """Whether this process's OpenMP threads sleep when idle (as far as we can tell: OMP_WAIT_POLICY=PASSIVE, set
+    before torch loaded)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" and not _set_after_torch
+
+
 def passive_wait() -> bool:
+    """Whether the configuration asks for sleeping waits ($BRANCHMERGE_OMP_WAIT, default passive)."""
     raw = os.environ.get(WAIT_ENV, "passive").strip().lower()
     if raw not in ("passive", "active"):
         raise BranchmergeError(f"${WAIT_ENV}={raw!r}: must be 'passive' or 'active'")
     return raw == "passive"
 
 
-def policy(workload: Workload, threads: int | None = None, *, params: int | None = None) -> ThreadPolicy:
+def policy(
+    workload: Workload, threads: int | None = None, *, params: int | None = None, sleeping: bool | None = None
+) -> ThreadPolicy:
     """The thread policy of one workload. `params`: the model's parameter count, where one is involved
-    (None counts as small: the tiny models of the demo and tests are the common CPU case)."""
+    (None counts as small: the tiny models of the demo and tests are the common CPU case). `sleeping`: whether
+    idle OpenMP threads sleep where the policy applies (default: `sleeping_waits()`, this process)."""
+    sleeping = sleeping_waits() if sleeping is None else sleeping
     if workload not in WORKLOADS:
         raise BranchmergeError(
             f"thread policy: {workload!r} is not a workload (known: {', '.join(WORKLOADS)})"
@@ -86,13 +105,15 @@ def policy(workload: Workload, threads: int | None = None, *, params: int | None
     n = cores()
     chosen = threads or _env_threads()
     if workload == "grade":
-        return ThreadPolicy(workload, 1, chosen or n, passive_wait(), overlap_io=False)
+        return ThreadPolicy(workload, 1, chosen or n, sleeping, overlap_io=False)
     if chosen is None:
         if workload == "merge":
             chosen = max(1, n - 1)
+        elif workload == "train":
+            chosen = n if sleeping else 1
         else:
             chosen = n if params is not None and params >= SMALL_MODEL else 1
-    return ThreadPolicy(workload, chosen, 1, passive_wait(), overlap_io=workload == "merge")
+    return ThreadPolicy(workload, chosen, 1, sleeping, overlap_io=workload == "merge")
 
 
 def apply(workload: Workload, threads: int | None = None, *, params: int | None = None) -> ThreadPolicy:
@@ -134,6 +155,9 @@ def omp_environment(threads: int | None = None) -> dict[str, str]:
 def prepare_environment() -> None:
     """Set the OpenMP wait policy for this process; call before torch is imported (the CLI does). A variable
     the user already set is left alone."""
+    global _set_after_torch
+    if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        _set_after_torch = True
     for key, value in omp_environment().items():
         os.environ.setdefault(key, value)
 
@@ -148,5 +172,6 @@ def subprocess_env(
     """An environment for a child process running `workload`: `base` (default os.environ) plus the wait policy
     and the policy's thread count."""
     env = dict(os.environ if base is None else base)
-    env.update(omp_environment(policy(workload, threads, params=params).intra_op))
+    chosen = policy(workload, threads, params=params, sleeping=passive_wait())
+    env.update(omp_environment(chosen.intra_op))
     return env

@@ -3,7 +3,8 @@
 A reader thread loads the inputs of the next tensors (a bounded queue, so memory stays a few tensors), the
 calling thread merges (on `device`, in fp32, a chunk at a time: `methods/chunks.py`), and a writer thread
 appends each result to its safetensors shard as soon as it is ready (`writer.py`). A fourth thread hashes the
-input files for the model card meanwhile. Tensors whose output is exactly one input (SLERP at t = 0 or 1, say)
+input files for the model card meanwhile, or finds their digests cached from an earlier merge (`model_files.py`).
+The math runs on `runtime.policy("merge")`'s intra-op threads: one core is left to the reader and writer. Tensors whose output is exactly one input (SLERP at t = 0 or 1, say)
 are read from that input only and written byte for byte. The data-aware methods (regmean, fisher) first compute
 or reuse each input's calibration statistics (`calibration.py`) and read them beside the weights, one tensor at a
 time; they do not stream, so their largest tensors are held whole.
@@ -42,9 +43,9 @@ from branchmerge.merge.config import MergeConfig, load_merge_configs, validate_m
 from branchmerge.merge.methods.chunks import chunk_slices
 from branchmerge.merge.model_files import (
     SequenceCard,
+    cached_sha256,
     copy_support_files,
     inputs_unchanged,
-    sha256_file,
     write_config,
     write_fingerprints,
     write_model_card,
@@ -262,7 +263,7 @@ def _merge_one(
     files = _weight_files(plan)
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-sha256")
     try:
-        digests = {f: hasher.submit(sha256_file, f) for f in files}
+        digests = {f: hasher.submit(cached_sha256, f) for f in files}
         with _statistics(plan, out, device, show_progress) as stats, atomic_dir(out) as tmp:
             n_shards = _merge_tensors(plan, tmp, max_shard_bytes, show_progress, device, stats)
             write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
