@@ -21,7 +21,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_per_workload(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "cores", lambda: 8)
-    assert runtime.policy("merge").intra_op == 7  # one core left to the reader and writer threads
+    assert runtime.policy("merge", sleeping=True).intra_op == 8
+    assert runtime.policy("merge", sleeping=False).intra_op == 7  # one core left to the reader and writer
     assert runtime.policy("merge").overlap_io
     assert runtime.policy("train", params=800_000, sleeping=True).intra_op == 8  # every core pays
     assert runtime.policy("train", sleeping=False).intra_op == 1  # spinning threads collapse under load
@@ -31,7 +32,7 @@ def test_defaults_per_workload(monkeypatch: pytest.MonkeyPatch) -> None:
     grade = runtime.policy("grade")
     assert (grade.intra_op, grade.processes) == (1, 8)
     monkeypatch.setattr(runtime, "cores", lambda: 1)
-    assert runtime.policy("merge").intra_op == 1  # never 0
+    assert runtime.policy("merge", sleeping=False).intra_op == 1  # never 0
 
 
 def test_argument_beats_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ A reader thread loads the inputs of the next tensors (a bounded queue, so memory
 calling thread merges (on `device`, in fp32, a chunk at a time: `methods/chunks.py`), and a writer thread
 appends each result to its safetensors shard as soon as it is ready (`writer.py`). A fourth thread hashes the
 input files for the model card meanwhile, or finds their digests cached from an earlier merge (`model_files.py`).
-The math runs on `runtime.policy("merge")`'s intra-op threads: one core is left to the reader and writer. Tensors whose output is exactly one input (SLERP at t = 0 or 1, say)
+The math runs on `runtime.policy("merge")`'s intra-op threads. Tensors whose output is exactly one input (SLERP at t = 0 or 1, say)
 are read from that input only and written byte for byte. The data-aware methods (regmean, fisher) first compute
 or reuse each input's calibration statistics (`calibration.py`) and read them beside the weights, one tensor at a
 time; they do not stream, so their largest tensors are held whole.
@@ -310,7 +310,7 @@ def run_merge(
     weight is read; bad input raises BranchmergeError and leaves no output behind. `device` is where the math
     runs ("cuda" on a GPU machine). A sequence's intermediate outputs go to `intermediate_dir` when given (and
     are reused by a rerun with the same steps), else to a temporary folder removed at the end. `threads`: torch
-    intra-op threads for the math (default: `runtime.policy("merge")`, one core left to reading and writing).
+    intra-op threads for the math (default: `runtime.policy("merge")`).
     """
     with runtime.using("merge", threads):
         return _run_merge(config, out_dir, show_progress, max_shard_bytes, device, intermediate_dir)
