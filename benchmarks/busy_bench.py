@@ -10,10 +10,11 @@ Printed per (workload, variant, condition): median and spread (min-max) of the r
 
 Variants:
 - train, generate (`_busy_workloads.py`, seconds per step / per batch of the shipped tiny student):
-  `torch` = torch's defaults (one intra-op thread per core, libgomp's spinning waits), `passive` = the same
-  threads with `OMP_WAIT_POLICY=PASSIVE`, `policy` = `branchmerge.runtime`'s default for the workload.
+  `torch` = torch's defaults (one intra-op thread per core, libgomp's spinning waits), `passive-all` = the same
+  threads with `OMP_WAIT_POLICY=PASSIVE`, `passive-1` = one thread, passive. `branchmerge.runtime` picks
+  passive-all for training and passive-1 for generating with a small model.
 - slerp, ties (random Qwen3 checkpoints as in merge_bench.py): `ours` = `run_merge` under the policy (as the
-  CLI runs it), `ours-all` = the same with one intra-op thread per core (sleeping waits), `ours-torch` =
+  CLI runs it: one intra-op thread per core, sleeping waits), `ours-1` = the same on one thread, `ours-torch` =
   `run_merge` with torch's defaults (one thread per core, spinning waits), `mergekit` = mergekit-yaml (baseline for
   the ratios), `io` = reading every input and writing one model (`_io_bound.py`). Wall time of the whole
   process, start-up included. Each run gets an empty digest cache, so ours hashes its inputs every time.
@@ -47,9 +48,8 @@ OURS = (
     "from branchmerge.merge import run_merge; run_merge(sys.argv[1], sys.argv[2], show_progress=False)"
 )
 OURS_TORCH = "import sys; from branchmerge.merge import run_merge; run_merge(sys.argv[1], sys.argv[2], show_progress=False)"
-# torch's defaults for `ours-torch`: libgomp spins, one thread per core; `ours-all`: as many threads, sleeping
+# torch's defaults for `ours-torch`: libgomp spins, one thread per core
 TORCH_DEFAULTS = {"BRANCHMERGE_OMP_WAIT": "active", "BRANCHMERGE_THREADS": str(os.cpu_count() or 1)}
-ALL_PASSIVE = {"BRANCHMERGE_THREADS": str(os.cpu_count() or 1)}
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
@@ -63,8 +63,8 @@ def small_variants(workload: str) -> dict[str, tuple[list[str], dict[str, str]]]
     script = [sys.executable, str(HERE / "_busy_workloads.py"), workload]
     return {
         "torch": ([*script, "torch"], {}),
-        "passive": ([*script, "torch"], {"OMP_WAIT_POLICY": "PASSIVE"}),
-        "policy": ([*script, "policy"], {"OMP_WAIT_POLICY": "PASSIVE"}),
+        "passive-all": ([*script, "torch"], {"OMP_WAIT_POLICY": "PASSIVE"}),
+        "passive-1": ([*script, "torch"], {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}),
     }
 
 
@@ -73,7 +73,7 @@ def merge_variants(
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     variants = {
         "ours": ([sys.executable, "-c", OURS, str(cfg), "{out}"], {}),
-        "ours-all": ([sys.executable, "-c", OURS, str(cfg), "{out}"], ALL_PASSIVE),
+        "ours-1": ([sys.executable, "-c", OURS, str(cfg), "{out}"], {"BRANCHMERGE_THREADS": "1"}),
         "ours-torch": ([sys.executable, "-c", OURS_TORCH, str(cfg), "{out}"], TORCH_DEFAULTS),
         "io": ([sys.executable, str(HERE / "_io_bound.py"), "{out}", *inputs], {}),
     }
