@@ -1,7 +1,9 @@
 """How many threads each workload computes with, and whether idle OpenMP threads spin or sleep: set here only.
 
-Every CPU-heavy part of branchmerge (training, serving and generating, evaluating, grading, merging) asks this
-module for its `ThreadPolicy` instead of leaving torch's defaults. The defaults are measured, not guessed
+Training (`train/trl_run.py`), merging (`merge/engine.py`) and evaluation's in-process generation
+(`evaluate/generation.py`) take their `ThreadPolicy` from here instead of torch's defaults; `policy("serve")` and
+`policy("grade")` state what the teacher server and `grade_many` do (one intra-op thread; one single-threaded
+process per core). The defaults are measured, not guessed
 (`benchmarks/busy_bench.py`, figures in benchmarks/README.md):
 
 - torch's CPU kernels run on an OpenMP pool of one thread per core, and libgomp's idle threads spin for a while
@@ -17,7 +19,7 @@ module for its `ThreadPolicy` instead of leaving torch's defaults. The defaults 
 - A merge runs its math beside a reader and a writer thread (`merge/engine.py`). With sleeping waits one thread
   per core was as fast as or faster than leaving a core to them (0.1b TIES: 9.6 vs 9.9 s quiet, 11.7 vs 13.1 s
   beside a competing process), so it uses every core; where waits spin it leaves one core free.
-- Grading runs one process per core, each single-threaded (`graders/parallel.py`).
+- Grading runs one process per core, each single-threaded (benchmarks/README.md, `grade_bench.py`).
 
 `OMP_WAIT_POLICY` is read once, when torch loads libgomp, so `prepare_environment` must run before `import torch`:
 the CLI calls it first thing, and `subprocess_env` gives child processes the same settings. In a process whose
