@@ -6,10 +6,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-from branchmerge.tinylab.modeling import random_model, save_checkpoint, tiny_qwen3_config
-from branchmerge.tinylab.tokenizer import build_tokenizer
+from branchmerge import runtime
+
+runtime.prepare_environment()  # before torch loads libgomp: idle OpenMP threads sleep instead of spinning
+
+import torch  # noqa: E402
+
+from branchmerge.tinylab.modeling import random_model, save_checkpoint, tiny_qwen3_config  # noqa: E402
+from branchmerge.tinylab.tokenizer import build_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -220,3 +220,19 @@ def test_lazy_tensor_reads_ranges_and_scattered_positions(tmp_path):
         assert torch.equal(lazy.reshape(-1)[100:5000], flat_x[100:5000])
         positions = torch.randint(x.numel(), (500,), generator=torch.Generator().manual_seed(0))
         assert torch.equal(lazy[positions], flat_x[positions])
+
+
+def test_gram_is_the_same_on_any_number_of_threads() -> None:
+    # A threaded fp32 dot sums in a thread-dependent order (on this 1M-element input 1 and 2 threads differ in the
+    # last bits), which SLERP's coefficients would carry into the merged bytes.
+    from branchmerge import runtime
+    from branchmerge.merge.methods.chunks import gram
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1 << 20, generator=g), torch.randn(1 << 20, generator=g)
+    with runtime.using("merge", 1):
+        one = gram(a, b)
+    with runtime.using("merge", 2):
+        two = gram(a, b)
+        assert torch.get_num_threads() == 2  # gram restores the caller's setting
+    assert one == two

@@ -34,6 +34,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from branchmerge import runtime
 from branchmerge.records import Problem, Trace, append_jsonl, read_jsonl
 from branchmerge.records.repair import repair_tail
 from branchmerge.teachers.client import agenerate, request_seed
@@ -118,7 +119,8 @@ def in_process(
         repair_tail(outputs)
         present = {t.key for t in read_jsonl(outputs, Trace)} if outputs.exists() else set()
         rows = [(p, k) for p in problems for k in range(s.n) if (p.id, name, k) not in present]
-        with _progress(show_progress) as bar:
+        params = sum(int(p.numel()) for p in lm.model.parameters())
+        with _progress(show_progress) as bar, runtime.using("eval", params=params):
             task = bar.add_task(name, total=len(rows))
             for start in range(0, len(rows), batch_size):
                 if stop.is_set():

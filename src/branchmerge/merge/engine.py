@@ -3,7 +3,8 @@
 A reader thread loads the inputs of the next tensors (a bounded queue, so memory stays a few tensors), the
 calling thread merges (on `device`, in fp32, a chunk at a time: `methods/chunks.py`), and a writer thread
 appends each result to its safetensors shard as soon as it is ready (`writer.py`). A fourth thread hashes the
-input files for the model card meanwhile. Tensors whose output is exactly one input (SLERP at t = 0 or 1, say)
+input files for the model card meanwhile, or finds their digests cached from an earlier merge (`model_files.py`).
+The math runs on `runtime.policy("merge")`'s intra-op threads. Tensors whose output is exactly one input (SLERP at t = 0 or 1, say)
 are read from that input only and written byte for byte. The data-aware methods (regmean, fisher) first compute
 or reuse each input's calibration statistics (`calibration.py`) and read them beside the weights, one tensor at a
 time; they do not stream, so their largest tensors are held whole.
@@ -34,6 +35,7 @@ from typing import cast
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from branchmerge import runtime
 from branchmerge.errors import BranchmergeError
 from branchmerge.merge.calibration import StatisticsReader, load_statistics
 from branchmerge.merge.checkpoint import LazyTensor, TensorReader
@@ -41,9 +43,9 @@ from branchmerge.merge.config import MergeConfig, load_merge_configs, validate_m
 from branchmerge.merge.methods.chunks import chunk_slices
 from branchmerge.merge.model_files import (
     SequenceCard,
+    cached_sha256,
     copy_support_files,
     inputs_unchanged,
-    sha256_file,
     write_config,
     write_fingerprints,
     write_model_card,
@@ -185,11 +187,13 @@ def _merge_tensors(
         TimeElapsedColumn(),
     )
     writes: list[Future[None]] = []
+    # OpenMP's thread count is per thread: the reader and writer get the math thread's, not the default
+    same_threads = functools.partial(torch.set_num_threads, torch.get_num_threads())
     try:
         with (
             TensorReader() as reader,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as read_pool,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as write_pool,
+            ThreadPoolExecutor(1, "merge-read", initializer=same_threads) as read_pool,
+            ThreadPoolExecutor(1, "merge-write", initializer=same_threads) as write_pool,
             Progress(*columns, disable=not show_progress) as progress,
         ):
             task = progress.add_task(f"merge ({plan.method.name})", total=len(plan.jobs))
@@ -259,7 +263,7 @@ def _merge_one(
     files = _weight_files(plan)
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-sha256")
     try:
-        digests = {f: hasher.submit(sha256_file, f) for f in files}
+        digests = {f: hasher.submit(cached_sha256, f) for f in files}
         with _statistics(plan, out, device, show_progress) as stats, atomic_dir(out) as tmp:
             n_shards = _merge_tensors(plan, tmp, max_shard_bytes, show_progress, device, stats)
             write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
@@ -297,6 +301,7 @@ def run_merge(
     max_shard_bytes: int = MAX_SHARD_BYTES,
     device: str | torch.device | None = None,
     intermediate_dir: str | Path | None = None,
+    threads: int | None = None,
 ) -> MergeResult:
     """Merge the models a mergekit-style config names into `out_dir`, a folder transformers loads.
 
@@ -304,8 +309,21 @@ def run_merge(
     `sequence.py`), or the path of a YAML file with one or more documents. Everything is validated before any
     weight is read; bad input raises BranchmergeError and leaves no output behind. `device` is where the math
     runs ("cuda" on a GPU machine). A sequence's intermediate outputs go to `intermediate_dir` when given (and
-    are reused by a rerun with the same steps), else to a temporary folder removed at the end.
+    are reused by a rerun with the same steps), else to a temporary folder removed at the end. `threads`: torch
+    intra-op threads for the math (default: `runtime.policy("merge")`).
     """
+    with runtime.using("merge", threads):
+        return _run_merge(config, out_dir, show_progress, max_shard_bytes, device, intermediate_dir)
+
+
+def _run_merge(
+    config: MergeConfig | dict | Sequence[MergeConfig | dict] | str | Path,
+    out_dir: str | Path,
+    show_progress: bool,
+    max_shard_bytes: int,
+    device: str | torch.device | None,
+    intermediate_dir: str | Path | None,
+) -> MergeResult:
     start = time.perf_counter()
     configs = coerce_configs(config)
     out = Path(out_dir)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sized
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import datasets
 import torch
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PrinterCallback, Trainer, TrainerCallback
 
+from branchmerge import runtime
 from branchmerge.errors import BranchmergeError
 from branchmerge.records import atomic_dir
 
@@ -120,7 +121,10 @@ class RichProgress(TrainerCallback):
 def run_trainer(trainer: Trainer, resume_from: Path | None = None) -> None:
     """Train with our bar as the only output (no raw log dicts on stdout), from a checkpoint when given."""
     trainer.remove_callback(PrinterCallback)
-    trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
+    model = cast(torch.nn.Module, trainer.model)
+    params = sum(int(p.numel()) for p in model.parameters())
+    with runtime.using("train", params=params):
+        trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
 
 
 class TokenCount(TrainerCallback):

@@ -64,12 +64,21 @@ def map_chunks(
 
 def gram(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     """(<a, a>, <b, b>, <a, b>) over whole tensors of any float dtype in one pass: each chunk widened to fp32
-    once, its dot products summed in fp64."""
+    once, its dot products summed in fp64.
+
+    The fp32 dots run on one intra-op thread: a threaded dot sums in an order that depends on the thread count,
+    and SLERP's coefficients amplify the difference, so the merged bytes would depend on the machine's cores
+    (and on `runtime`'s thread policy). Elementwise math is the same on any number of threads."""
     fa, fb = flat([a, b])
     aa = bb = ab = 0.0
-    for sl in chunk_slices(fa.numel()):
-        ca, cb = fa[sl].float(), fb[sl].float()
-        aa += float(torch.dot(ca, ca))
-        bb += float(torch.dot(cb, cb))
-        ab += float(torch.dot(ca, cb))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for sl in chunk_slices(fa.numel()):
+            ca, cb = fa[sl].float(), fb[sl].float()
+            aa += float(torch.dot(ca, ca))
+            bb += float(torch.dot(cb, cb))
+            ab += float(torch.dot(ca, cb))
+    finally:
+        torch.set_num_threads(threads)
     return aa, bb, ab
