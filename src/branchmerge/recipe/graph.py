@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from branchmerge.recipe import data_stages, stages
 from branchmerge.recipe.cache import dir_fingerprint, fingerprint
@@ -53,7 +54,8 @@ from branchmerge.recipe.resolve import (
     merge_refs,
     resolve_merge,
 )
-from branchmerge.recipe.schema import Recipe
+from branchmerge.recipe.schema import Recipe, TeacherSpec
+from branchmerge.recipe.specs import EvalSetSpec
 from branchmerge.recipe.stage_api import Env, Estimate, NotKnown, Stage, Upstream
 from branchmerge.recipe.summaries import (
     BuildSFTSummary,
@@ -93,51 +95,65 @@ def build_stages(recipe: Recipe, env: Env) -> list[Stage]:
             raise NotKnown("problems: data files missing")
         return problems_key(recipe, base)
 
-    out.append(Stage(
-        name="problems",
-        upstream=(),
-        key=problems_stage_key,
-        run=lambda up, w: data_stages.problems_stage(recipe.problems, base, w),
-        summary=ProblemsSummary,
-        estimate=Estimate("key"),
-    ))  # fmt: skip
-    generating = [t for t in recipe.teachers if t.generates]
-    for t in generating:
-        out.append(Stage(
+    out.append(
+        Stage(
+            name="problems",
+            upstream=(),
+            key=problems_stage_key,
+            run=lambda up, w: data_stages.problems_stage(recipe.problems, base, w),
+            summary=ProblemsSummary,
+            estimate=Estimate("key"),
+        )
+    )
+
+    def generate(t: TeacherSpec) -> Stage:
+        return Stage(
             name=f"generate.{t.name}",
             upstream=("problems",),
-            key=lambda up, t=t: generate_key(recipe, t, up.key("problems"), env.checkpoint(t)),
-            run=lambda up, w, t=t: stages.generate_stage(
+            key=lambda up: generate_key(recipe, t, up.key("problems"), env.checkpoint(t)),
+            run=lambda up, w: stages.generate_stage(
                 train_problems(up), t, recipe.generate, env.checkpoint(t), w, sp
             ),
             summary=GenerateSummary,
             estimate=Estimate("key"),
-        ))  # fmt: skip
+        )
+
+    generating = [t for t in recipe.teachers if t.generates]
+    out += [generate(t) for t in generating]
     traces = tuple(f"generate.{t.name}" for t in generating)
     judge = judge_of(recipe, recipe.process.judge, env.paths)
-    out.append(Stage(
-        name="process",
-        upstream=("problems", *traces),
-        key=lambda up: process_key(
-            recipe, up.key("problems"), [up.key(g) for g in traces], judge, env.student()
-        ),
-        run=lambda up, w: stages.process_stage(
-            train_problems(up), [up.path(g) / "traces.jsonl" for g in traces], recipe.process, judge,
-            env.student(), w, sp,
-        ),
-        summary=ProcessSummary,
-        estimate=Estimate("key", note=f"steps: {', '.join(recipe.process.steps)}"),
-    ))  # fmt: skip
-    out.append(Stage(
-        name="build-sft",
-        upstream=("problems", "process"),
-        key=lambda up: build_sft_key(up.key("process"), student_fp(), recipe),
-        run=lambda up, w: stages.build_sft_stage(
-            train_problems(up), up.path("process") / "processed.jsonl", env.student(), recipe.build_sft, w
-        ),
-        summary=BuildSFTSummary,
-        estimate=Estimate("key"),
-    ))  # fmt: skip
+    out.append(
+        Stage(
+            name="process",
+            upstream=("problems", *traces),
+            key=lambda up: process_key(
+                recipe, up.key("problems"), [up.key(g) for g in traces], judge, env.student()
+            ),
+            run=lambda up, w: stages.process_stage(
+                train_problems(up),
+                [up.path(g) / "traces.jsonl" for g in traces],
+                recipe.process,
+                judge,
+                env.student(),
+                w,
+                sp,
+            ),
+            summary=ProcessSummary,
+            estimate=Estimate("key", note=f"steps: {', '.join(recipe.process.steps)}"),
+        )
+    )
+    out.append(
+        Stage(
+            name="build-sft",
+            upstream=("problems", "process"),
+            key=lambda up: build_sft_key(up.key("process"), student_fp(), recipe),
+            run=lambda up, w: stages.build_sft_stage(
+                train_problems(up), up.path("process") / "processed.jsonl", env.student(), recipe.build_sft, w
+            ),
+            summary=BuildSFTSummary,
+            estimate=Estimate("key"),
+        )
+    )
 
     # experts and the data-mixture baseline, all from the student with the same seed; the plans (which
     # examples, how many steps) come from the built SFT set, checked for every branch before any trains
@@ -148,19 +164,22 @@ def build_stages(recipe: Recipe, env: Env) -> list[Stage]:
     def plan(up: Upstream, name: str) -> BranchPlan:
         return plans(up.path("build-sft") / "sft.jsonl")[name]
 
-    models: dict[str, str] = {}  # model name -> the stage whose folder holds it in model/
-    for name in expert_and_mixture_names(recipe):
-        models[name] = f"train.{name}"
-        out.append(Stage(
+    def train(name: str) -> Stage:
+        return Stage(
             name=f"train.{name}",
             upstream=("build-sft",),
-            key=lambda up, name=name: train_key(up.key("build-sft"), student_fp(), plan(up, name)),
-            run=lambda up, w, name=name: stages.train_stage(
+            key=lambda up: train_key(up.key("build-sft"), student_fp(), plan(up, name)),
+            run=lambda up, w: stages.train_stage(
                 up.path("build-sft") / "sft.jsonl", env.student(), plan(up, name), w, sp
             ),
             summary=TrainSummary,
             estimate=Estimate("name", after="build-sft"),
-        ))  # fmt: skip
+        )
+
+    models: dict[str, str] = {}  # model name -> the stage whose folder holds it in model/
+    for name in expert_and_mixture_names(recipe):
+        out.append(train(name))
+        models[name] = out[-1].name
 
     def model(up: Upstream, name: str) -> tuple[Path, str]:
         """A model's folder and key: the student's own, or the model/ folder of the stage that made it."""
@@ -174,83 +193,102 @@ def build_stages(recipe: Recipe, env: Env) -> list[Stage]:
     # RV / CD reward models, then GRPO from a trained model (rewarded by them when present)
     rewards = recipe.reward_models
     if rewards is not None:
-        out.append(Stage(
-            name="reward-models",
-            upstream=("problems", "process"),
-            key=lambda up: fingerprint(
-                "reward-models", up.key("process"), student_fp(), rewards.model_dump()
-            ),
-            run=lambda up, w: stages.reward_models_stage(
-                train_problems(up), up.path("process") / "processed.jsonl", env.student(), rewards, w, sp
-            ),
-            summary=RewardModelsSummary,
-            estimate=Estimate("name", after="process"),
-        ))  # fmt: skip
+        out.append(
+            Stage(
+                name="reward-models",
+                upstream=("problems", "process"),
+                key=lambda up: fingerprint(
+                    "reward-models", up.key("process"), student_fp(), rewards.model_dump()
+                ),
+                run=lambda up, w: stages.reward_models_stage(
+                    train_problems(up), up.path("process") / "processed.jsonl", env.student(), rewards, w, sp
+                ),
+                summary=RewardModelsSummary,
+                estimate=Estimate("name", after="process"),
+            )
+        )
     grpo = recipe.grpo
     if grpo is not None:
         scorers = "reward-models" if rewards is not None else None
-        out.append(Stage(
-            name=f"grpo.{grpo.name}",
-            upstream=("problems", *stages_of([grpo.start]), *([scorers] if scorers else [])),
-            key=lambda up: fingerprint(
-                "grpo", up.key("problems"), model(up, grpo.start)[1],
-                up.key(scorers) if scorers else None, grpo.model_dump(),
-            ),
-            run=lambda up, w: stages.grpo_stage(
-                train_problems(up), model(up, grpo.start)[0], up.path(scorers) if scorers else None,
-                grpo, w, sp,
-            ),
-            summary=GRPOSummary,
-            estimate=Estimate("name", after="build-sft"),
-        ))  # fmt: skip
+        out.append(
+            Stage(
+                name=f"grpo.{grpo.name}",
+                upstream=("problems", *stages_of([grpo.start]), *([scorers] if scorers else [])),
+                key=lambda up: fingerprint(
+                    "grpo",
+                    up.key("problems"),
+                    model(up, grpo.start)[1],
+                    up.key(scorers) if scorers else None,
+                    grpo.model_dump(),
+                ),
+                run=lambda up, w: stages.grpo_stage(
+                    train_problems(up),
+                    model(up, grpo.start)[0],
+                    up.path(scorers) if scorers else None,
+                    grpo,
+                    w,
+                    sp,
+                ),
+                summary=GRPOSummary,
+                estimate=Estimate("name", after="build-sft"),
+            )
+        )
         models[grpo.name] = f"grpo.{grpo.name}"
 
     # merges: names in a config resolve to this run's models, including earlier merges; the key hashes the
     # config with each model named by its key
-    for name, cfg in recipe.merges.items():
+    def merge(name: str, cfg: dict[str, Any]) -> Stage:
         refs = [ref for _, ref in merge_refs(cfg)]
-        out.append(Stage(
+        return Stage(
             name=f"merge.{name}",
             upstream=stages_of(refs),
-            key=lambda up, cfg=cfg, refs=refs: fingerprint(
+            key=lambda up: fingerprint(
                 "merge", resolve_merge(cfg, {r: (Path(model(up, r)[1]), model(up, r)[1]) for r in refs})
             ),
-            run=lambda up, w, cfg=cfg, refs=refs: stages.merge_stage(
-                resolve_merge(cfg, {r: model(up, r) for r in refs}), w, sp
-            ),
+            run=lambda up, w: stages.merge_stage(resolve_merge(cfg, {r: model(up, r) for r in refs}), w, sp),
             summary=MergeSummary,
             estimate=Estimate("name", after="build-sft"),
-        ))  # fmt: skip
-        models[name] = f"merge.{name}"
+        )
+
+    for name, cfg in recipe.merges.items():
+        out.append(merge(name, cfg))
+        models[name] = out[-1].name
 
     # every evaluated model on every eval set (a judge, when named, starts at the first eval stage that runs)
     e = recipe.eval
     eval_judge = judge_of(recipe, e.judge, env.paths)
-    for s in e.sets:
-        label, sampling = s.label or s.name, e.sampling(s)
-        items = f"eval-set.{label}"
-        out.append(Stage(
-            name=items,
+
+    def eval_set(s: EvalSetSpec) -> Stage:
+        return Stage(
+            name=f"eval-set.{s.label or s.name}",
             upstream=("problems",),
-            key=lambda up, s=s: eval_set_key(s, up.key("problems"), base),
-            run=lambda up, w, s=s: data_stages.eval_set_stage(
-                s, up.path("problems") / "eval.jsonl", base, w
-            ),
+            key=lambda up: eval_set_key(s, up.key("problems"), base),
+            run=lambda up, w: data_stages.eval_set_stage(s, up.path("problems") / "eval.jsonl", base, w),
             summary=EvalSetSummary,
-            estimate=Estimate("none", note=f"{sampling['n']} sample(s) per item"),
-        ))  # fmt: skip
-        for m in evaluated_models(recipe):
-            out.append(Stage(
-                name=eval_stage_name(m, label, e),
-                upstream=(items, *stages_of([m])),
-                key=lambda up, m=m, s=s, items=items, sampling=sampling: eval_key(
-                    up.key(items), model(up, m)[1], m, sampling, e, s
-                ),
-                run=lambda up, w, m=m, label=label, items=items, sampling=sampling: stages.eval_stage(
-                    model(up, m)[0], m, problems(up.path(items), "problems.jsonl"), label, sampling,
-                    env.endpoint(eval_judge), w, sp,
-                ),
-                summary=EvalSummary,
-                estimate=Estimate("none"),
-            ))  # fmt: skip
+            estimate=Estimate("none", note=f"{e.sampling(s)['n']} sample(s) per item"),
+        )
+
+    def evaluation(m: str, s: EvalSetSpec, items: str) -> Stage:
+        label, sampling = s.label or s.name, e.sampling(s)
+        return Stage(
+            name=eval_stage_name(m, label, e),
+            upstream=(items, *stages_of([m])),
+            key=lambda up: eval_key(up.key(items), model(up, m)[1], m, sampling, e, s),
+            run=lambda up, w: stages.eval_stage(
+                model(up, m)[0],
+                m,
+                problems(up.path(items), "problems.jsonl"),
+                label,
+                sampling,
+                env.endpoint(eval_judge),
+                w,
+                sp,
+            ),
+            summary=EvalSummary,
+            estimate=Estimate("none"),
+        )
+
+    for s in e.sets:
+        out.append(eval_set(s))
+        out += [evaluation(m, s, out[-1].name) for m in evaluated_models(recipe)]
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -65,7 +66,7 @@ def run_recipe(
     with contextlib.ExitStack() as servers:  # judges started by stages stop when the last stage is done
         for stage in build_stages(recipe, Env(base, paths, show_progress, servers)):
             up = Finished(done, stage)
-            o = cache.run(stage.name, stage.key(up), lambda w, s=stage, up=up: s.run(up, w), stage.summary)
+            o = cache.run(stage.name, stage.key(up), partial(stage.run, up), stage.summary)
             done[stage.name] = o
             result.stages.append(o)
             status = "[cyan]reused[/cyan]" if o.reused else "[green]ran[/green]   "
