@@ -1,6 +1,6 @@
 """The processor registry, the two DistilQwen presets, and `process_traces`, which runs a chain of steps.
 
-Presets (DESIGN.md point 3):
+Presets (DistilQwen's two pipelines; README, "Using the parts one by one": `process`):
 - slow-thinking (DistilQwen2.5-R1): verify, dedup, decontaminate, difficulty, rewrite. The output carries
   `difficulty`, ready for a curriculum (medium first, then hard).
 - adaptive-thinking (OmniThought / DistilQwen-ThoughtY): verify, dedup, decontaminate, rv_cd, sample. The

@@ -14,7 +14,7 @@ Spec: {"type": "judge", "question": ..., "rubric": ..., "item": "mdr-ethics-L3"}
   put the judge in the spec.
 The problem's `reference` holds the reference notes the judge reads beside the rubric.
 
-As DESIGN.md's field notes ask: the model and template version are pinned (both are part of every request id);
+So that a verdict can be reproduced: the model and template version are pinned (both are part of every request id);
 the judge sees the answer without its reasoning (the text after the last `</think>`; an answer cut off inside
 `<think>` fails without asking); verdicts are cached on disk, keyed by (template version, model, item id, a hash
 of the item's question/rubric/reference, a hash of the answer), through the teachers client (`cot/judge.py`'s
