@@ -188,7 +188,8 @@ def build_stages(recipe: Recipe, env: Env) -> list[Stage]:
         return up.path(models[name]) / "model", up.key(models[name])
 
     def stages_of(names: list[str]) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(models[n] for n in names if n != STUDENT))
+        """The stages that make these models (a name no model has is the dry run's error to report)."""
+        return tuple(dict.fromkeys(models[n] for n in names if n in models))
 
     # RV / CD reward models, then GRPO from a trained model (rewarded by them when present)
     rewards = recipe.reward_models
