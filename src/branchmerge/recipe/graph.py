@@ -4,7 +4,7 @@ it runs and what it reports. `run_recipe` (runner.py) and `run --dry-run` (plan.
 
     problems                      training problems (tinylab also draws the held-out items)
     generate.<teacher>            traces from each generating teacher
-    process                       the CoT processors over every teacher's traces (verify, dedup, judge scores...)
+    process                       the CoT processors over all teachers' traces (verify, dedup, judge scores...)
     build-sft                     the SFT set in the student's chat template
     train.expert-<group>          one expert per domain or teacher, from the student
     train.mixture                 the data-mixture baseline
@@ -12,18 +12,22 @@ it runs and what it reports. `run_recipe` (runner.py) and `run --dry-run` (plan.
     grpo.<name>                   GRPO from a trained model, rewarded by them      (when `grpo:` is set)
     merge.<name>                  each merge in recipe order; a merge may use an earlier one ((A & B) & C)
     eval-set.<label>              the items of each eval set
-    eval.<model>[.<label>]        every evaluated model on that set
-    (then runner.py writes report.md from the eval stages)
+    eval.<model>[.<label>]        every evaluated model on that set (runner.py then writes report.md)
 
 A stage's folder is `<out>/stages/<name>-<key>/` (recipe/cache.py); its key hashes everything that decides its
 output (recipe/keys.py), so a rerun reuses exactly the stages whose inputs did not change. Keys and runs read
 other stages only through `Upstream`, and only the stages named in `upstream`.
 
-Adding a stage: write its library function (it reads files, writes into its work folder, returns a summary
-model from recipe/summaries.py), then add one `Stage` below, where it belongs in the order: its name, the
-stages it reads, its key (a `fingerprint` of its settings and its upstream keys; a new stage's key never
-changes older stages' keys), its run (the library function on the upstream folders) and what a dry run can say
-before running (`Estimate`). Nothing else changes: the runner, the dry run and the cache loop over this list.
+Adding a stage (say `calibration`, after build-sft):
+1. its library function, in recipe/stages.py or its part's folder: reads files, writes into its work folder,
+   returns a summary model (add one to recipe/summaries.py: `CalibrationSummary(examples, tokens)`);
+2. its settings, if it has any, as a section of the recipe (recipe/schema.py: `calibration: CalibrationSpec |
+   None = None`, so recipes without it are unchanged);
+3. one `Stage` below, where it belongs in the order: its name, the stages it reads, its key (a `fingerprint` of
+   its name, its upstream keys and its settings), its run (the library function on the upstream folders) and
+   what a dry run can say before running (`Estimate("key")` when its key needs only upstream keys).
+Nothing else changes (the runner, the dry run and the cache loop over this list) and no existing key moves. A
+stage that reads it names it in `upstream` and finds its folder at `up.path("calibration")`.
 """
 
 from __future__ import annotations
