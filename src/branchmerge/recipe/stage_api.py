@@ -37,7 +37,7 @@ class Env:
     paths: dict[str, Path]
     show_progress: bool = False
     resources: contextlib.ExitStack | None = None  # None in a dry run: nothing is started
-    _endpoints: dict[str, TeacherConfig] = field(default_factory=dict)
+    _endpoints: dict[str, TeacherConfig] = field(default_factory=dict, init=False, repr=False)
 
     def student(self) -> Path:
         if STUDENT not in self.paths:
