@@ -15,6 +15,7 @@ import yaml
 
 from branchmerge.recipe import load_recipe, run_recipe
 from branchmerge.recipe.plan import plan_recipe
+from branchmerge.recipe.summaries import ProcessSummary, RewardModelsSummary, TrainSummary
 from branchmerge.records import EvalSample, read_jsonl
 from branchmerge.tinylab.domains import generate_problems
 from fakes import fake_openai, ok
@@ -249,7 +250,7 @@ def test_tiny_branch_merge_arcee_fusion_runs_end_to_end(tmp_path):
         "merge.math-science", "merge.tinyr1", "merge.math-code", "merge.math-code-science"
     ]  # fmt: skip
     # the mixture trains on the experts' summed budget
-    steps = {o.name: o.summary["steps"] for o in result.stages if o.name.startswith("train.")}
+    steps = {o.name: o.summary.steps for o in result.stages if isinstance(o.summary, TrainSummary)}
     assert steps["train.mixture"] == 3 * steps["train.expert-math"] == 18
     per_set = {(s.domain, s.model) for s in samples}
     assert {d for d, _ in per_set} == {"aime2024", "gpqa-diamond", "livecodebench"}
@@ -263,9 +264,9 @@ def test_tiny_branch_merge_arcee_fusion_runs_end_to_end(tmp_path):
         cached[n] for n in ("problems", "generate.deepseek-r1", "process", "build-sft", "merge.tinyr1")
     )
     built = {
-        o.name.removeprefix("train."): o.summary["examples"]
+        o.name.removeprefix("train."): o.summary.examples
         for o in result.stages
-        if o.name.startswith("train.")
+        if isinstance(o.summary, TrainSummary)
     }
     assert {t.name: t.examples for t in plan.training} == {k: str(v) for k, v in built.items()}
 
@@ -305,12 +306,13 @@ def test_tiny_adaptive_thinking_runs_end_to_end(tmp_path):
     names = [o.name for o in result.stages]
     assert names[:5] == ["problems", "generate.deepseek-r1", "generate.qwq-32b", "process", "build-sft"]
     assert names[5:8] == ["train.mixture", "reward-models", "grpo.grpo"]
-    process = next(o for o in result.stages if o.name == "process").summary
-    assert list(process["steps"]) == ["verify", "dedup", "difficulty", "rv_cd", "sample"]
-    mixture = next(o for o in result.stages if o.name == "train.mixture").summary
-    assert [s["name"] for s in mixture["stages"]] == ["medium", "hard"]
-    rewards = next(o for o in result.stages if o.name == "reward-models").summary
-    assert set(rewards) == {"rv", "cd"} and rewards["rv"]["train"] > 0
+    summaries = {o.name: o.summary for o in result.stages}
+    process, mixture, rewards = summaries["process"], summaries["train.mixture"], summaries["reward-models"]
+    assert isinstance(process, ProcessSummary) and isinstance(mixture, TrainSummary)
+    assert list(process.steps) == ["verify", "dedup", "difficulty", "rv_cd", "sample"]
+    assert [s.name for s in mixture.stages or []] == ["medium", "hard"]
+    assert isinstance(rewards, RewardModelsSummary)
+    assert set(rewards.root) == {"rv", "cd"} and rewards.root["rv"].train > 0
     assert {s.model for s in samples} == {"student", "mixture", "grpo"}
     assert {s.domain for s in samples} == {"math500", "aime2024", "gpqa-diamond"}
     report = (tmp_path / "out" / "report.md").read_text()

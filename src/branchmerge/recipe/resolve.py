@@ -3,6 +3,7 @@ judges and data files. `run` raises every problem at once; `run --dry-run` repor
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +221,19 @@ def _missing_files(recipe: Recipe, base_dir: Path) -> list[str]:
     files += [(f"eval.sets[{i}].path", s.path) for i, s in enumerate(recipe.eval.sets) if s.path]
     paths = [(where, data_path(p, base_dir)) for where, p in files]
     return [f"{where}: {path} not found" for where, path in paths if not path.exists()]
+
+
+def resolve_merge(cfg: dict[str, Any], models: dict[str, tuple[Path, str]]) -> dict[str, Any]:
+    """A merge config with each model name replaced by that model's folder (`models`: name -> (folder, key))."""
+    c = copy.deepcopy(cfg)
+    if "base_model" in c:
+        c["base_model"] = str(models[str(c["base_model"])][0])
+    for m in c.get("models", []):
+        m["model"] = str(models[str(m["model"])][0])
+    ts = c.get("tokenizer_source")
+    if isinstance(ts, str) and ts in models:
+        c["tokenizer_source"] = str(models[ts][0])
+    return c
 
 
 def data_path(ref: str, base_dir: Path) -> Path:
