@@ -57,6 +57,7 @@ from branchmerge.recipe.resolve import (
     judge_of,
     merge_refs,
     resolve_merge,
+    takes_sft_calibration,
 )
 from branchmerge.recipe.schema import Recipe, TeacherSpec
 from branchmerge.recipe.specs import EvalSetSpec
@@ -242,16 +243,31 @@ def build_stages(recipe: Recipe, env: Env) -> list[Stage]:
         models[grpo.name] = f"grpo.{grpo.name}"
 
     # merges: names in a config resolve to this run's models, including earlier merges; the key hashes the
-    # config with each model named by its key
+    # config with each model named by its key; a data-aware merge whose calibration names no file reads the SFT
+    # set (its key stands for the file in the merge's key)
     def merge(name: str, cfg: dict[str, Any]) -> Stage:
         refs = [ref for _, ref in merge_refs(cfg)]
+        data = ("build-sft",) if takes_sft_calibration(cfg) else ()
         return Stage(
             name=f"merge.{name}",
-            upstream=stages_of(refs),
+            upstream=(*data, *stages_of(refs)),
             key=lambda up: fingerprint(
-                "merge", resolve_merge(cfg, {r: (Path(model(up, r)[1]), model(up, r)[1]) for r in refs})
+                "merge",
+                resolve_merge(
+                    cfg,
+                    {r: (Path(model(up, r)[1]), model(up, r)[1]) for r in refs},
+                    up.key("build-sft") if data else None,
+                ),
             ),
-            run=lambda up, w: stages.merge_stage(resolve_merge(cfg, {r: model(up, r) for r in refs}), w, sp),
+            run=lambda up, w: stages.merge_stage(
+                resolve_merge(
+                    cfg,
+                    {r: model(up, r) for r in refs},
+                    str(up.path("build-sft") / "sft.jsonl") if data else None,
+                ),
+                w,
+                sp,
+            ),
             summary=MergeSummary,
             estimate=Estimate("name", after="build-sft"),
         )

@@ -26,7 +26,13 @@ from branchmerge.recipe.plan_costs import (
     estimate_training,
     prompt_counter,
 )
-from branchmerge.recipe.resolve import STUDENT, check_recipe, data_path, model_names, resolve_merge
+from branchmerge.recipe.resolve import (
+    STUDENT,
+    check_recipe,
+    data_path,
+    model_names,
+    resolve_merge,
+)
 from branchmerge.recipe.schema import Recipe
 from branchmerge.recipe.stage_api import Env, NotKnown
 from branchmerge.records import Problem, read_jsonl, write_jsonl
@@ -78,19 +84,24 @@ def plan_recipe(
                 if probe and not status.startswith("ok"):
                     plan.todo.append(f"teacher {t.name}: {url} {status}")
 
+    cache = StageCache(out)
+    plan.stages, planned = _stages(recipe, cache, Env(base, checked.paths))
+    s_key = planned["build-sft"]
+    built = (
+        cache.path_of("build-sft", s_key) / "sft.jsonl"
+        if s_key and cache.is_done("build-sft", s_key)
+        else None
+    )
     student = checked.paths.get(STUDENT)
     shape = _student_shape(recipe, student, base, plan)
     if shape is not None:
-        _check_merges(recipe, student, shape, plan)
+        _check_merges(recipe, student, shape, plan, built)
     _check_machine(recipe, plan)
 
-    cache = StageCache(out)
-    plan.stages, planned = _stages(recipe, cache, Env(base, checked.paths))
     problems, heldout = _problems(recipe, cache, base, planned["problems"], plan)
     counter = prompt_counter(student)
     plan.tokens_by = counter[1]
     plan.teachers = estimate_teachers(recipe, problems, counter, _eval_problems(recipe, base, heldout, plan))
-    s_key = planned["build-sft"]
     sft = cache.path_of("build-sft", s_key) / "sft.jsonl" if s_key else None
     plan.training = estimate_training(recipe, problems, counter, shape, sft)
     return plan
@@ -138,9 +149,11 @@ def _student_shape(recipe: Recipe, student: Path | None, base: Path, plan: Plan)
         return None
 
 
-def _check_merges(recipe: Recipe, student: Path | None, shape: Shape, plan: Plan) -> None:
+def _check_merges(recipe: Recipe, student: Path | None, shape: Shape, plan: Plan, sft: Path | None) -> None:
     """Each merge config as `merge --explain` sees it. Every recipe model shares the student's tensors, so a
-    local student stands in for all of them (symlinks named after the models, so warnings name them)."""
+    local student stands in for all of them (symlinks named after the models, so warnings name them).
+    Calibration that names no file reads the SFT set `sft`; before build-sft has run, only the set's absence
+    is forgiven (and the merge checked without reading data), since the run builds it first."""
     from branchmerge.merge.config import validate_merge_config
     from branchmerge.merge.explain import explain_merge, rule_warnings
 
@@ -152,12 +165,19 @@ def _check_merges(recipe: Recipe, student: Path | None, shape: Shape, plan: Plan
                 for f in student.resolve().iterdir():
                     (Path(tmp) / n / f.name).symlink_to(f)
         models = {n: (Path(tmp) / n, n) for n in names}
+        planned = sft or Path(tmp) / "build-sft" / "sft.jsonl"  # not there yet: the run builds it first
         for name, cfg in recipe.merges.items():
             try:
-                resolved = resolve_merge(cfg, models)
+                resolved = resolve_merge(cfg, models, str(planned))
+                warnings = None
                 if student is not None:
-                    warnings = [w for step in explain_merge(resolved) for w in step.warnings]
-                else:
+                    try:
+                        warnings = [w for step in explain_merge(resolved) for w in step.warnings]
+                    except BranchmergeError as e:
+                        unbuilt = f"{planned}: calibration file not found"
+                        if sft is not None or any(x and unbuilt not in x for x in str(e).splitlines()):
+                            raise
+                if warnings is None:  # no weights to read, or no SFT set yet: the rules alone
                     warnings = rule_warnings(validate_merge_config(resolved), list(shape.tensor_names))
             except (BranchmergeError, KeyError) as e:
                 plan.errors.append(f"merges.{name}: {str(e).replace(tmp + '/', '')}")

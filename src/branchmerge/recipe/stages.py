@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,9 +169,15 @@ def train_stage(
 
 
 def merge_stage(config: dict[str, Any], work: Path, show_progress: bool) -> MergeSummary:
+    """Run the merge into model/. A data-aware merge keeps its calibration statistics in the work folder (so an
+    interrupted stage reuses them) unless the config names a `calibration.cache_dir`; they are removed once the
+    model is written, since the finished stage is never run again (RegMean's Gram matrices of a 4B model are
+    tens of GB)."""
     from branchmerge.merge import run_merge
 
     r = run_merge(config, work / "model", show_progress=show_progress)
+    if not (config.get("calibration") or {}).get("cache_dir"):
+        shutil.rmtree(work / "calibration-cache", ignore_errors=True)
     return MergeSummary(method=config["merge_method"], tensors=r.n_tensors)
 
 
