@@ -3,6 +3,7 @@ stage may read."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,15 @@ def test_dry_run_knows_the_keys_up_to_the_sft_set_and_finished_folders_after_it(
         False, True, True, False
     ]  # fmt: skip
     assert cached["merge.ties"] is True and cached["merge.slerp-add-sort"] is None
+    # a stage found by its key is noted with what it reported; a folder without a stage record says so
+    summary = {"teacher": "tiny-teacher", "traces": 96, "errors": 2, "truncated": 0, "requests_this_run": 96}
+    record = {"name": "generate.tiny-teacher", "seconds": 1.0, "summary": summary}
+    (cache.path_of("generate.tiny-teacher", keys["generate.tiny-teacher"]) / "stage.json").write_text(
+        json.dumps(record)
+    )
+    notes = {s.name: s.note for s in plan_recipe(recipe, out, base, probe=False).stages}
+    assert notes["generate.tiny-teacher"] == "traces=96, errors=2"
+    assert notes["process"].endswith(
+        "stage.json: not a stage record (no summary or seconds); delete the folder"
+    )
+    assert notes["build-sft"] == ""

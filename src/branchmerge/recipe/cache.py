@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -73,20 +73,28 @@ class StageCache:
         """Some finished folder of a stage of this name, whatever its key."""
         return any(self.root.glob(f"{name}-*/stage.json"))
 
+    def finished(self, name: str, key: str, summary_type: type[S]) -> tuple[S, float] | None:
+        """A finished stage's summary and the seconds it ran; None when `name-key` has not finished."""
+        meta = self.path_of(name, key) / "stage.json"
+        if not meta.exists():
+            return None
+        info = json.loads(meta.read_text())
+        if not isinstance(info, dict) or "summary" not in info or "seconds" not in info:
+            raise BranchmergeError(f"{meta}: not a stage record (no summary or seconds); delete the folder")
+        try:
+            return cast(S, summary_type.model_validate(info["summary"])), info["seconds"]
+        except ValidationError as e:
+            raise BranchmergeError(
+                f"{meta}: the summary is not what a {name} stage writes ({e.error_count()} error(s), first: "
+                f"{e.errors()[0]['loc']}: {e.errors()[0]['msg']}); delete the folder to run the stage again"
+            ) from None
+
     def run(self, name: str, key: str, fn: Callable[[Path], S], summary_type: type[S]) -> StageOutcome:
         """Reuse `name-key` if finished, else run `fn(work_dir) -> summary` and publish the folder."""
         final = self.path_of(name, key)
-        meta = final / "stage.json"
-        if meta.exists():
-            info = json.loads(meta.read_text())
-            try:
-                summary = summary_type.model_validate(info["summary"])
-            except ValidationError as e:
-                raise BranchmergeError(
-                    f"{meta}: the summary is not what a {name} stage writes ({e.error_count()} error(s), first: "
-                    f"{e.errors()[0]['loc']}: {e.errors()[0]['msg']}); delete the folder to run the stage again"
-                ) from None
-            return StageOutcome(name, key, final, True, 0.0, info["seconds"], summary)
+        done = self.finished(name, key, summary_type)
+        if done is not None:
+            return StageOutcome(name, key, final, True, 0.0, done[1], done[0])
         work = final.with_name(final.name + ".partial")
         work.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()

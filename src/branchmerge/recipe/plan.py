@@ -269,17 +269,24 @@ class _Planned:
 
 
 def _stages(recipe: Recipe, cache: StageCache, env: Env) -> tuple[list[PlannedStage], dict[str, str | None]]:
-    """Every stage in run order, whether the stage cache already holds it, and the keys known before running."""
+    """Every stage in run order, whether the stage cache already holds it, and the keys known before running.
+    A stage found by its key is noted with what it reported when it ran (its summary's one line)."""
     keys: dict[str, str | None] = {}
     rows = []
     for stage in build_stages(recipe, env):
-        how, key, cached = stage.estimate, None, None
+        how, key, cached, note = stage.estimate, None, None, stage.estimate.note
         if how.by == "key":
             with contextlib.suppress(NotKnown):
                 key = stage.key(_Planned(keys, cache))
             cached = None if key is None else cache.is_done(stage.name, key)
+            if cached and key is not None:
+                try:
+                    done = cache.finished(stage.name, key, stage.summary)
+                    note = done[0].describe() if done is not None else note
+                except BranchmergeError as e:
+                    note = str(e)
         elif how.by == "name" and keys.get(how.after):
             cached = True if cache.any_done(stage.name) else None
         keys[stage.name] = key
-        rows.append(PlannedStage(stage.name, cached, how.note))
+        rows.append(PlannedStage(stage.name, cached, note))
     return rows, keys
