@@ -72,6 +72,16 @@ eval.fusion-add-sort 06e9ee910896
 eval.fusion-all 2c3328f9d577
 """
 
+# Stages added since, with their keys; each runs after the trainings it reads, and no earlier key moved.
+ADDED_QUICK = {"mergeability": "e5cf410bb867"}
+ADDED_FULL = {"mergeability": "0543e5331f69"}
+
+
+def _with_added(pinned: str, added: dict[str, str]) -> list[tuple[str, str]]:
+    rows = _pinned(pinned)
+    after = max(i for i, (name, _) in enumerate(rows) if name.startswith("train."))
+    return [*rows[: after + 1], *added.items(), *rows[after + 1 :]]
+
 
 class _Keys:
     """Upstream stages as a run hands them over: their keys, and folders under `root` (only build-sft's is read
@@ -111,16 +121,18 @@ def test_demo_stage_keys_are_the_keys_of_the_hand_wired_runner(tmp_path):
             for d in ("add", "sort", "compare")
         ],
     )
-    assert _keys(load_recipe(demo_recipe_path(), QUICK_OVERRIDES), tmp_path) == _pinned(DEMO_QUICK)
-    assert _keys(load_recipe(demo_recipe_path()), tmp_path) == _pinned(DEMO_FULL)
+    assert _keys(load_recipe(demo_recipe_path(), QUICK_OVERRIDES), tmp_path) == _with_added(
+        DEMO_QUICK, ADDED_QUICK
+    )
+    assert _keys(load_recipe(demo_recipe_path()), tmp_path) == _with_added(DEMO_FULL, ADDED_FULL)
     # no key names the serving engine (the recipe field), so switching it reuses every finished stage
     builtin = load_recipe(demo_recipe_path(), [*QUICK_OVERRIDES, "engine=builtin"])
-    assert builtin.engine == "builtin" and _keys(builtin, tmp_path) == _pinned(DEMO_QUICK)
+    assert builtin.engine == "builtin" and _keys(builtin, tmp_path) == _with_added(DEMO_QUICK, ADDED_QUICK)
     # the control: a setting that decides the output changes the keys from that stage on, and only those
     changed = dict(
         _keys(load_recipe(demo_recipe_path(), [*QUICK_OVERRIDES, "build_sft.max_length=256"]), tmp_path)
     )
-    same = [name for name, key in _pinned(DEMO_QUICK) if changed[name] == key]
+    same = [name for name, key in _with_added(DEMO_QUICK, ADDED_QUICK) if changed[name] == key]
     assert same == ["problems", "generate.tiny-teacher", "process", "eval-set.heldout", "eval.student"]
 
 
@@ -156,7 +168,7 @@ def test_dry_run_knows_the_keys_up_to_the_sft_set_and_finished_folders_after_it(
     recipe = load_recipe(demo_recipe_path(), QUICK_OVERRIDES)
     base, out = demo_recipe_path().parent, tmp_path / "out"
     cached = {s.name: s.cached for s in plan_recipe(recipe, out, base, probe=False).stages}
-    assert list(cached) == [name for name, _ in _pinned(DEMO_QUICK)]
+    assert list(cached) == [name for name, _ in _with_added(DEMO_QUICK, ADDED_QUICK)]
     assert [cached[n] for n in ("problems", "generate.tiny-teacher", "process", "build-sft")] == [False] * 4
     assert all(c is None for n, c in cached.items() if n.startswith(("train.", "merge.", "eval")))
     assert not out.exists()  # a dry run makes no folder

@@ -8,6 +8,7 @@ it runs and what it reports. `run_recipe` (runner.py) and `run --dry-run` (plan.
     build-sft                     the SFT set in the student's chat template
     train.expert-<group>          one expert per domain or teacher, from the student
     train.mixture                 the data-mixture baseline
+    mergeability                  will the domain experts merge? (two or more domain experts)
     reward-models                 RV / CD regressors on the judge's scores        (when `reward_models:` is set)
     grpo.<name>                   GRPO from a trained model, rewarded by them      (when `grpo:` is set)
     merge.<name>                  each merge in recipe order; a merge may use an earlier one ((A & B) & C)
@@ -36,7 +37,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from branchmerge.recipe import data_stages, stages
+from branchmerge.recipe import data_stages, mergeability_stage, stages
 from branchmerge.recipe.cache import dir_fingerprint, fingerprint
 from branchmerge.recipe.keys import (
     build_sft_key,
@@ -54,6 +55,7 @@ from branchmerge.recipe.resolve import (
     data_path,
     evaluated_models,
     expert_and_mixture_names,
+    expert_groups,
     judge_of,
     merge_refs,
     resolve_merge,
@@ -68,6 +70,7 @@ from branchmerge.recipe.summaries import (
     EvalSummary,
     GenerateSummary,
     GRPOSummary,
+    MergeabilitySummary,
     MergeSummary,
     ProblemsSummary,
     ProcessSummary,
@@ -75,7 +78,7 @@ from branchmerge.recipe.summaries import (
     TrainSummary,
 )
 from branchmerge.records import Problem, SFTExample, read_jsonl
-from branchmerge.train.branches import BranchPlan
+from branchmerge.train.branches import BranchPlan, expert_name
 
 
 def build_stages(recipe: Recipe, env: Env) -> list[Stage]:
@@ -168,13 +171,20 @@ def build_stages(recipe: Recipe, env: Env) -> list[Stage]:
         return {p.name: p for p in branch_plans(recipe, read_jsonl(sft, SFTExample))}
 
     def plan(up: Upstream, name: str) -> BranchPlan:
-        return plans(up.path("build-sft") / "sft.jsonl")[name]
+        sft = up.path("build-sft") / "sft.jsonl"
+        if not sft.is_file():  # a dry run before build-sft has run
+            raise NotKnown("build-sft: the SFT set is not built yet")
+        return plans(sft)[name]
+
+    def trained_key(up: Upstream, name: str) -> str:
+        """A branch's training key, from the SFT set alone (so a dry run knows it once build-sft has run)."""
+        return train_key(up.key("build-sft"), student_fp(), plan(up, name))
 
     def train(name: str) -> Stage:
         return Stage(
             name=f"train.{name}",
             upstream=("build-sft",),
-            key=lambda up: train_key(up.key("build-sft"), student_fp(), plan(up, name)),
+            key=lambda up: trained_key(up, name),
             run=lambda up, w: stages.train_stage(
                 up.path("build-sft") / "sft.jsonl", env.student(), plan(up, name), w, sp
             ),
@@ -186,6 +196,34 @@ def build_stages(recipe: Recipe, env: Env) -> list[Stage]:
     for name in expert_and_mixture_names(recipe):
         out.append(train(name))
         models[name] = out[-1].name
+
+    # will the domain experts merge? their task vectors and what each forgot of the other domains, before any
+    # merge (recipe/mergeability_stage.py); its key is known wherever the SFT set is, so a dry run shows it
+    domains = expert_groups(recipe) if recipe.train.experts == "domain" else []
+    if len(domains) >= 2:
+        experts = {expert_name(d): d for d in domains}
+        out.append(
+            Stage(
+                name="mergeability",
+                upstream=("build-sft", *(models[n] for n in experts)),
+                key=lambda up: fingerprint(
+                    "mergeability",
+                    up.key("build-sft"),
+                    {n: trained_key(up, n) for n in experts},
+                    mergeability_stage.PER_DOMAIN,
+                ),
+                run=lambda up, w: mergeability_stage.mergeability_stage(
+                    up.path("build-sft") / "sft.jsonl",
+                    env.student(),
+                    {n: (up.path(models[n]) / "model", d) for n, d in experts.items()},
+                    mergeability_stage.PER_DOMAIN,
+                    w,
+                    sp,
+                ),
+                summary=MergeabilitySummary,
+                estimate=Estimate("key", note="not cached"),
+            )
+        )
 
     def model(up: Upstream, name: str) -> tuple[Path, str]:
         """A model's folder and key: the student's own, or the model/ folder of the stage that made it."""

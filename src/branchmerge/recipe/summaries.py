@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, RootModel
 
@@ -87,6 +87,25 @@ class TrainSummary(StageSummary):
 class MergeSummary(StageSummary):
     method: str
     tensors: int
+
+
+class MergeabilitySummary(StageSummary):
+    """merge.mergeability's verdict on the domain experts, with the numbers it rests on (per expert)."""
+
+    verdict: Literal["likely", "risky", "unlikely"]
+    reason: str
+    rel_delta: dict[str, float]  # ||delta|| / ||theta_student||, whole model
+    rel_delta_no_embed: dict[str, float]  # the same without embed_tokens / lm_head
+    mean_cosine: float | None  # between the task vectors (None: not defined)
+    sign_conflict: float | None  # share of co-moved coordinates whose signs disagree
+    sign_conflict_chance: float  # what independent signs would give
+    forgetting: dict[str, float]  # mean relative rise of the loss on the other domains over the student's
+    offdomain_loss: dict[str, dict[str, float]]  # expert -> domain -> loss ("student": the student's own)
+    examples: dict[str, int]  # SFT examples measured per domain
+    findings: list[str]
+
+    def describe(self) -> str:
+        return f"{self.verdict}: {self.reason}"
 
 
 class RewardFit(BaseModel):
