@@ -188,14 +188,24 @@ def report(
         Path | None,
         typer.Option("--problems", help="Problems JSONL: their difficulty groups the output-length tables."),
     ] = None,
+    models_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--models",
+            help="YAML/JSON list of {name, kind: base|expert|mixture|merge|other, domain, parents, train_tokens, "
+            "loss_tokens, wall_s}: adds the Branch-Merge claim section and writes results.json.",
+        ),
+    ] = None,
 ) -> None:
     """Write report.md and report.html: pass@1 with bootstrap intervals, paired tests against the baseline,
     merge synergy, pass@k curves and output length, with a grouped bar chart and other figures.
 
     Example: branchmerge report base.jsonl merged.jsonl --out report/ --baseline student --merge merged=a,b
     """
+    from branchmerge.evaluate.claim_models import load_models
     from branchmerge.evaluate.report import render_report
 
+    described = load_models(models_file) if models_file else None
     all_samples = [s for f in samples for s in read_jsonl(f, EvalSample)]
     models = {s.model for s in all_samples}
     if baseline not in models:
@@ -220,6 +230,7 @@ def report(
         problems=list(_problems(problems).values()) if problems else None,
         max_k=k,
         html=html,
+        models=described,
     )
     console.print(f"→ {path}" + (f" and {path.with_name('report.html')}" if html else ""))
     console.print(json.dumps(sorted(models)))

@@ -3,8 +3,10 @@
 Sections: pass@1 per model × domain with bootstrap intervals (and the grouped bar chart `accuracy.png`), paired
 comparisons against a baseline (every "A beats B in D" with its interval, flagged when not significant), merge
 synergy (domains where a merge beats all of its parents), pass@k curves, output length by domain, level and
-difficulty, then stage times and notes. The numbers come from `stats/`, the figures from `plots.py`, the
-rendering from `report_html.py`.
+difficulty, then stage times and notes. Given a descriptor of every model (`claim_models.ModelInfo`), a "Branch-Merge
+claim" section (kept gains, gaps to the mixture, compute, targets; `report_claim.py`) follows the paired
+comparisons and `results.json` is written beside the report (`results.py`). The numbers come from `stats/`, the
+figures from `plots.py`, the rendering from `report_html.py`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from branchmerge.evaluate import plots
+from branchmerge.evaluate.claim import build_claim
+from branchmerge.evaluate.claim_models import ModelInfo
+from branchmerge.evaluate.report_claim import claim_section
 from branchmerge.evaluate.report_html import (
     Block,
     Bullets,
@@ -24,6 +29,7 @@ from branchmerge.evaluate.report_html import (
     to_html,
     to_markdown,
 )
+from branchmerge.evaluate.results import build_results, write_results
 from branchmerge.evaluate.stats import (
     ALL,
     NONE,
@@ -75,6 +81,7 @@ def render_report(
     html: bool = True,
     resamples: int = 2000,
     seed: int = 0,
+    models: Sequence[ModelInfo] | None = None,
 ) -> Path:
     """Write `report.md`, `accuracy.png` (and `report.html`, `pass_at_k.png`, `lengths.png`) into `out_dir`;
     returns the path of report.md.
@@ -84,24 +91,29 @@ def render_report(
     problems: the evaluated problems; their `difficulty` groups the output-length tables.
     max_k: the largest k of the pass@k curves (default: the smallest number of samples of any item).
     resamples, seed: of every bootstrap (items are resampled; results are reproducible for a given seed).
+    models: what each model is (base, expert of a domain, mixture, merge of parents) and its training compute;
+        given, the report states the Branch-Merge claim and `results.json` is written too.
     """
     if not samples:
         raise ValueError("render_report: no samples to report on")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = list(dict.fromkeys(s.model for s in samples))
+    names = list(dict.fromkeys(s.model for s in samples))
     for merged, parents in (merges or {}).items():
-        unknown = [m for m in [merged, *parents] if m not in models]
+        unknown = [m for m in [merged, *parents] if m not in names]
         if unknown:
             raise ValueError(
-                f"merges: {', '.join(unknown)} not a model in the samples (known: {', '.join(models)})"
+                f"merges: {', '.join(unknown)} not a model in the samples (known: {', '.join(names)})"
             )
     difficulty = {p.id: p.difficulty for p in problems or ()}
     boot = _Boot(resamples, seed)
+    claim = None if models is None else build_claim(samples, models, resamples=resamples, seed=seed)
 
     blocks: list[Block] = [Heading(title, 1)]
     blocks += _pass1_section(samples, out_dir, boot)
-    blocks += _paired_section(samples, models, baseline, boot)
+    blocks += _paired_section(samples, names, baseline, boot)
+    if claim is not None:
+        blocks += claim_section(claim)
     if merges:
         blocks += [
             Heading("Merge synergy"),
@@ -123,6 +135,9 @@ def render_report(
         blocks += [Heading("Notes"), Bullets(list(notes))]
 
     path = out_dir / "report.md"
+    if claim is not None:
+        results = build_results(claim, samples, baseline, resamples=resamples, seed=seed)
+        write_results(results, out_dir / "results.json")
     atomic_write_text(path, to_markdown(blocks))
     if html:
         atomic_write_text(out_dir / "report.html", to_html(blocks, title, out_dir))

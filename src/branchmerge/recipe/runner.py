@@ -15,6 +15,7 @@ from rich.table import Table
 from branchmerge.evaluate.report import render_report
 from branchmerge.evaluate.stats import accuracy_table
 from branchmerge.recipe.cache import StageCache, StageOutcome
+from branchmerge.recipe.describe import describe_models
 from branchmerge.recipe.graph import build_stages
 from branchmerge.recipe.resolve import STUDENT, preflight
 from branchmerge.recipe.schema import Recipe
@@ -98,6 +99,7 @@ def run_recipe(
         merges=merge_parents(recipe, {s.model for s in samples}),
         problems=eval_problems,
         max_k=e_spec.max_k,
+        models=describe_models(recipe, result.stages),
     )
     return result
 

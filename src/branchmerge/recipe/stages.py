@@ -152,7 +152,8 @@ def train_stage(
         steps=r.steps,
         first_loss=round(r.first_loss, 4),
         final_loss=round(r.final_loss, 4),
-        train_tokens=r.train_tokens,
+        train_tokens=r.train_tokens,  # non-padding tokens seen over all steps
+        loss_tokens=r.loss_tokens,
     )
     if isinstance(r, CurriculumResult):  # set only here, so a plain branch's stage.json has no "stages"
         summary.stages = [

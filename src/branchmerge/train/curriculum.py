@@ -201,7 +201,8 @@ class CurriculumStageResult:
     first_loss: float
     final_loss: float
     seconds: float  # of the run that trained it
-    train_tokens: int
+    train_tokens: int | None  # non-padding tokens seen over the stage's steps (None: not counted)
+    loss_tokens: int | None = None
     reused: bool = False
 
 
@@ -233,8 +234,14 @@ class CurriculumResult:
         return sum(s.examples for s in self.stages)
 
     @property
-    def train_tokens(self) -> int:
-        return sum(s.train_tokens for s in self.stages)
+    def train_tokens(self) -> int | None:
+        counts = [s.train_tokens for s in self.stages]
+        return None if None in counts else sum(c for c in counts if c is not None)
+
+    @property
+    def loss_tokens(self) -> int | None:
+        counts = [s.loss_tokens for s in self.stages]
+        return None if None in counts else sum(c for c in counts if c is not None)
 
 
 def stages_dir(out_dir: str | Path) -> Path:
@@ -327,6 +334,7 @@ def train_curriculum(
                 final_loss=r.final_loss,
                 seconds=r.seconds,
                 train_tokens=r.train_tokens,
+                loss_tokens=r.loss_tokens,
             )
             record = {k: v for k, v in asdict(done).items() if k not in ("out_dir", "reused")}
             atomic_write_text(stage_dir / RECORD, json.dumps({"key": key, **record}, indent=2))

@@ -48,6 +48,7 @@ from branchmerge.train.trl_run import (
     ReportTo,
     RichProgress,
     RunSettings,
+    TokenCount,
     checkpoint_args,
     checkpoints_dir,
     gathered_state_dict,
@@ -109,7 +110,10 @@ class TrainResult:
     final_loss: float
     seconds: float
     examples: int
-    train_tokens: int
+    # non-padding input tokens over all steps, and those the loss was taken on (None: resumed from a checkpoint
+    # that did not record them)
+    train_tokens: int | None
+    loss_tokens: int | None = None
     resumed_from_step: int | None = None
     # domain -> held-out loss at the last evaluation
     eval_losses: dict[str, float] = field(default_factory=dict)
@@ -156,10 +160,13 @@ def train_sft(
             **(checkpoint_args(every) if every else {}),
         )
         check_sharding(trainer, s.method)
+        seen = TokenCount()
+        seen.attach(trainer, resume_from)
         if every and is_main_process():
             start_checkpoints(ckpt, key)
         run_trainer(trainer, resume_from)
         steps = trainer.state.global_step
+        train_tokens, loss_tokens = seen.totals()
         if eval_examples and steps % s.eval_every():
             trainer.evaluate()  # so the reported held-out losses are the final model's
         state = gathered_state_dict(trainer)  # every rank takes part; None unless the weights are sharded
@@ -178,7 +185,8 @@ def train_sft(
         final_loss=final_loss,
         seconds=time.perf_counter() - start,
         examples=len(examples),
-        train_tokens=sum(e.num_tokens for e in examples),
+        train_tokens=train_tokens,
+        loss_tokens=loss_tokens,
         resumed_from_step=None if resume_from is None else int(resume_from.name.removeprefix("checkpoint-")),
         eval_losses=eval_losses,
     )

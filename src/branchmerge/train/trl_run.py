@@ -123,6 +123,53 @@ def run_trainer(trainer: Trainer, resume_from: Path | None = None) -> None:
     trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
 
 
+class TokenCount(TrainerCallback):
+    """What a run trains on, counted at every training step from the batch the model receives: `inputs`, the
+    input tokens that are not padding (padding-free packed rows hold none), and `loss`, the tokens the loss is
+    taken on (labels other than -100 after the causal shift). Evaluation batches are not counted. Every checkpoint
+    keeps the counts so far (tokens-seen.json), so a resumed run reports the whole run's; None when it resumed
+    from a checkpoint without them. Under a multi-process launch `totals` sums the ranks (a collective call)."""
+
+    FILE = "tokens-seen.json"
+
+    def __init__(self) -> None:
+        self.inputs, self.loss, self.known = 0, 0, True
+
+    def attach(self, trainer: Trainer, resume_from: Path | None) -> None:
+        if resume_from is not None and is_main_process():
+            try:
+                saved = json.loads((resume_from / self.FILE).read_text(encoding="utf-8"))
+                self.inputs, self.loss = int(saved["inputs"]), int(saved["loss"])
+            except (OSError, ValueError, KeyError):
+                self.known = False
+        step = trainer.training_step
+
+        def counting_step(model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            mask = inputs.get("attention_mask")
+            self.inputs += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            labels = inputs.get("labels")
+            if labels is not None:
+                self.loss += int((labels[..., 1:] != -100).sum())
+            return step(model, inputs, *args, **kwargs)
+
+        trainer.training_step = counting_step  # type: ignore[method-assign]
+        trainer.add_callback(self)
+
+    def totals(self) -> tuple[int | None, int | None]:
+        counts = torch.tensor([self.inputs, self.loss, int(not self.known)], dtype=torch.int64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        if counts[2]:
+            return None, None
+        return int(counts[0]), int(counts[1])
+
+    def on_save(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+        inputs, loss = self.totals()
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if is_main_process() and inputs is not None and folder.is_dir():
+            (folder / self.FILE).write_text(json.dumps({"inputs": inputs, "loss": loss}), encoding="utf-8")
+
+
 def logs_dir(out: Path) -> Path:
     """Metric logs sit beside the outputs, one folder per run: `tensorboard --logdir PARENT/logs` compares them."""
     return out.parent / "logs" / out.name

@@ -2,7 +2,8 @@
 
 - `passk`: pass@1 and the unbiased pass@k (Chen et al. 2021, eq. 1), with percentile-bootstrap intervals over
   items (each item resampled with all of its samples) and the Wilson interval.
-- `paired`: paired comparisons on shared items (paired bootstrap and exact sign-flip test), and merge synergy.
+- `paired`: paired comparisons on shared items (paired bootstrap and exact sign-flip test), merge synergy, and
+  the interval of a ratio of paired gains (the kept share of a gain).
 - `lengths`: output/reasoning tokens and truncation per model × group.
 - `groups`: grouping by domain, level, benchmark or difficulty (every table also has the group "all").
 """
@@ -27,11 +28,13 @@ from branchmerge.evaluate.stats.paired import (
     merge_synergy,
     paired_compare,
     paired_test,
+    ratio_interval,
     sign_flip_p,
 )
 from branchmerge.evaluate.stats.passk import (
     Estimate,
     bootstrap_mean,
+    items_for_width,
     pass1,
     pass1_ci,
     pass1_table,
@@ -57,6 +60,7 @@ __all__ = [
     "item_means",
     "item_outcomes",
     "item_scores",
+    "items_for_width",
     "length_table",
     "merge_synergy",
     "paired_compare",
@@ -67,6 +71,7 @@ __all__ = [
     "pass_at_k",
     "pass_at_k_curve",
     "pass_at_k_curves",
+    "ratio_interval",
     "sign_flip_p",
     "split",
     "wilson_interval",

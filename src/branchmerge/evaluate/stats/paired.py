@@ -178,3 +178,23 @@ def merge_synergy(
             }
             rows.append(Synergy(g, score[merged], {p: score[p] for p in parents}, vs, len(shared)))
     return rows
+
+
+def ratio_interval(
+    base: np.ndarray, expert: np.ndarray, merge: np.ndarray, *, resamples: int = 2000, seed: int = 0
+) -> tuple[float | None, float | None]:
+    """95% percentile-bootstrap interval of mean(merge − base) / mean(expert − base), resampling items jointly.
+
+    A resample where the expert does not gain (denominator ≤ 0) has no ratio. Past 2.5% of such resamples the
+    interval is unbounded and (None, None) is returned; the share itself is only reported when the expert's gain
+    is significant, which keeps that rare.
+    """
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, base.size, size=(resamples, base.size))
+    num = (merge - base)[idx].mean(axis=1)
+    den = (expert - base)[idx].mean(axis=1)
+    ok = den > 0
+    if ok.mean() < 0.975:
+        return None, None
+    lo, hi = np.quantile(num[ok] / den[ok], [0.025, 0.975])
+    return float(lo), float(hi)

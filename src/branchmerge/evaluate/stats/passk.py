@@ -139,3 +139,11 @@ def pass1_table(
         m: {g: pass1_ci(ss, resamples=resamples, seed=seed, level=level) for g, ss in groups.items()}
         for m, groups in split(samples, by, difficulty).items()
     }
+
+
+def items_for_width(p: float, width: float, z: float = 1.96) -> int:
+    """Items for a 95% interval `width` wide around a pass rate p, one sample per item (normal approximation
+    of the binomial: width = 2z·sqrt(p(1−p)/n)); p is clipped to [0.05, 0.95] so a rate at 0 or 1 still asks
+    for a sensible number. A planning figure, not a guarantee: samples per item and the bootstrap change it."""
+    q = min(0.95, max(0.05, p))
+    return math.ceil((2 * z) ** 2 * q * (1 - q) / width**2)
