@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from branchmerge.merge.forgetting import OFFDOMAIN_FILE, domain_losses
 from branchmerge.recipe import load_recipe, run_recipe
 from branchmerge.recipe.graph import build_stages
-from branchmerge.recipe.mergeability_stage import PER_DOMAIN
 from branchmerge.recipe.plan import plan_recipe
 from branchmerge.recipe.stage_api import Env
 from branchmerge.recipe.summaries import MergeabilitySummary
@@ -21,7 +20,7 @@ from branchmerge.records import OffDomainLoss, SFTExample, read_jsonl
 from branchmerge.tinylab.weights import student_dir
 
 
-def _recipe(tmp: Path, domains: list[str], experts: str = "domain") -> Path:
+def _recipe(tmp: Path, domains: list[str], experts: str = "domain", **check: object) -> Path:
     data = {
         "name": "mergeability",
         "problems": {"source": "tinylab", "domains": domains, "train_per_domain": 16, "eval_per_domain": 2},
@@ -35,6 +34,7 @@ def _recipe(tmp: Path, domains: list[str], experts: str = "domain") -> Path:
             "settings": {"method": "full", "max_steps": 3, "batch_size": 8, "learning_rate": 0.001},
         },
         "eval": {"models": ["student"], "max_tokens": 8},
+        "mergeability": check,
     }
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -49,7 +49,7 @@ def _rel_delta(expert: Path, base: Path) -> float:
 
 
 def test_mergeability_runs_after_the_experts_and_before_any_merge(tmp_path):
-    recipe = load_recipe(_recipe(tmp_path, ["add", "sort"]))
+    recipe = load_recipe(_recipe(tmp_path, ["add", "sort"], examples=5))
     names = [s.name for s in build_stages(recipe, Env(tmp_path, {}))]
     assert names[names.index("train.mixture") + 1] == "mergeability"
     plan = plan_recipe(recipe, tmp_path / "out", tmp_path, probe=False)
@@ -66,8 +66,8 @@ def test_mergeability_runs_after_the_experts_and_before_any_merge(tmp_path):
 
     # the records are in the stage's own folder; the trained experts' folders are left as they were published
     sft = read_jsonl(ran["build-sft"].path / "sft.jsonl", SFTExample)
-    firsts = {d: [e for e in sft if e.domain == d][:PER_DOMAIN] for d in ("add", "sort")}
-    assert s.examples == {d: len(rows) for d, rows in firsts.items()}
+    firsts = {d: [e for e in sft if e.domain == d][:5] for d in ("add", "sort")}
+    assert s.examples == {"add": 5, "sort": 5}
     student = student_dir()
     base = domain_losses(student, firsts)
     assert s.offdomain_loss["student"] == {d: round(x, 4) for d, x in base.items()}
@@ -89,10 +89,11 @@ def test_mergeability_runs_after_the_experts_and_before_any_merge(tmp_path):
 
 
 def test_only_two_or_more_domain_experts_get_the_stage(tmp_path):
-    def names(domains: list[str], experts: str) -> list[str]:
-        recipe = load_recipe(_recipe(tmp_path, domains, experts))
+    def names(domains: list[str], experts: str, **check: object) -> list[str]:
+        recipe = load_recipe(_recipe(tmp_path, domains, experts, **check))
         return [s.name for s in build_stages(recipe, Env(tmp_path, {}))]
 
     assert "mergeability" in names(["add", "sort", "compare"], "domain")
     assert "mergeability" not in names(["add"], "domain")
     assert "mergeability" not in names(["add", "sort"], "none")
+    assert "mergeability" not in names(["add", "sort"], "domain", enabled=False)

@@ -15,7 +15,12 @@ import yaml
 
 from branchmerge.recipe import load_recipe, run_recipe
 from branchmerge.recipe.plan import plan_recipe
-from branchmerge.recipe.summaries import ProcessSummary, RewardModelsSummary, TrainSummary
+from branchmerge.recipe.summaries import (
+    MergeabilitySummary,
+    ProcessSummary,
+    RewardModelsSummary,
+    TrainSummary,
+)
 from branchmerge.records import EvalSample, read_jsonl
 from branchmerge.tinylab.domains import generate_problems
 from fakes import fake_openai, ok
@@ -142,6 +147,7 @@ def _tiny(name: str, tmp: Path, **eval_files: Path) -> dict[str, Any]:
     data["build_sft"] = {"max_length": 512}
     data["train"].update(student="tinylab:student", student_config=None)
     data["train"]["settings"] = {"method": "full", "max_steps": 6, "batch_size": 8, "learning_rate": 0.001}
+    data["mergeability"] = {"examples": 8}  # on for tiny models, where it fits anywhere
     e = data["eval"]
     e.update(max_tokens=24, temperature=0.6)
     for s in e["sets"]:
@@ -246,6 +252,8 @@ def test_tiny_branch_merge_arcee_fusion_runs_end_to_end(tmp_path):
     names = [o.name for o in result.stages]
     for n in ("train.expert-math", "train.expert-code", "train.expert-science", "train.mixture"):
         assert n in names
+    assert names.index("mergeability") == names.index("train.mixture") + 1
+    assert isinstance(result.stages[names.index("mergeability")].summary, MergeabilitySummary)
     assert [n for n in names if n.startswith("merge.")] == [
         "merge.math-science", "merge.tinyr1", "merge.math-code", "merge.math-code-science"
     ]  # fmt: skip

@@ -8,7 +8,7 @@ it runs and what it reports. `run_recipe` (runner.py) and `run --dry-run` (plan.
     build-sft                     the SFT set in the student's chat template
     train.expert-<group>          one expert per domain or teacher, from the student
     train.mixture                 the data-mixture baseline
-    mergeability                  will the domain experts merge? (two or more domain experts)
+    mergeability                  will the domain experts merge? (two or more domain experts; `mergeability:`)
     reward-models                 RV / CD regressors on the judge's scores        (when `reward_models:` is set)
     grpo.<name>                   GRPO from a trained model, rewarded by them      (when `grpo:` is set)
     merge.<name>                  each merge in recipe order; a merge may use an earlier one ((A & B) & C)
@@ -200,7 +200,8 @@ def build_stages(recipe: Recipe, env: Env) -> list[Stage]:
     # will the domain experts merge? their task vectors and what each forgot of the other domains, before any
     # merge (recipe/mergeability_stage.py); its key is known wherever the SFT set is, so a dry run shows it
     domains = expert_groups(recipe) if recipe.train.experts == "domain" else []
-    if len(domains) >= 2:
+    check = recipe.mergeability
+    if len(domains) >= 2 and check.enabled:
         experts = {expert_name(d): d for d in domains}
         out.append(
             Stage(
@@ -210,13 +211,13 @@ def build_stages(recipe: Recipe, env: Env) -> list[Stage]:
                     "mergeability",
                     up.key("build-sft"),
                     {n: trained_key(up, n) for n in experts},
-                    mergeability_stage.PER_DOMAIN,
+                    check.examples,
                 ),
                 run=lambda up, w: mergeability_stage.mergeability_stage(
                     up.path("build-sft") / "sft.jsonl",
                     env.student(),
                     {n: (up.path(models[n]) / "model", d) for n, d in experts.items()},
-                    mergeability_stage.PER_DOMAIN,
+                    check.examples,
                     w,
                     sp,
                 ),

@@ -7,12 +7,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+
 from branchmerge.recipe.summaries import MergeabilitySummary
 from branchmerge.records import SFTExample, read_jsonl
-
-PER_DOMAIN = (
-    64  # SFT examples measured per domain: enough for a stable mean loss, seconds on a CPU for tiny models
-)
 
 
 def mergeability_stage(
@@ -36,9 +34,10 @@ def mergeability_stage(
         if len(rows) < per_domain:
             rows.append(e)
     examples = dict(sorted(examples.items()))
-    base = domain_losses(student, examples)
+    device = "cuda" if torch.cuda.is_available() else None
+    base = domain_losses(student, examples, device=device)
     records = [
-        measure_offdomain_loss(folder, domain, examples, base_losses=base, out_dir=work / name)
+        measure_offdomain_loss(folder, domain, examples, base_losses=base, device=device, out_dir=work / name)
         for name, (folder, domain) in experts.items()
     ]
     m = mergeability(
