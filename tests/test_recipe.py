@@ -66,32 +66,65 @@ def test_overrides(tmp_path):
 
 
 def test_stage_cache_reuses_finished_and_retries_interrupted(tmp_path):
+    from branchmerge.recipe.summaries import EvalSetSummary
+
     cache = StageCache(tmp_path)
     calls = []
 
     def work(w):
         calls.append(w)
         (w / "out.txt").write_text("x")
-        return {"n": 1}
+        return EvalSetSummary(set="s", items=1)
 
-    a = cache.run("s", "k1", work)
-    b = cache.run("s", "k1", work)
-    assert not a.reused and b.reused and len(calls) == 1 and b.summary == {"n": 1}
-    assert (a.path / "out.txt").read_text() == "x"
+    assert not (tmp_path / "stages").exists()  # nothing is made before a stage runs (a dry run asks freely)
+    assert not cache.is_done("s", "k1") and not cache.any_done("s")
+    a = cache.run("s", "k1", work, EvalSetSummary)
+    b = cache.run("s", "k1", work, EvalSetSummary)
+    assert not a.reused and b.reused and len(calls) == 1 and b.summary == EvalSetSummary(set="s", items=1)
+    assert (a.path / "out.txt").read_text() == "x" and a.path == cache.path_of("s", "k1")
+    assert cache.is_done("s", "k1") and cache.any_done("s") and not cache.is_done("s", "k2")
+    assert json.loads((a.path / "stage.json").read_text())["summary"] == {"set": "s", "items": 1}
 
     def crash(w):
         (w / "partial.txt").write_text("half")
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        cache.run("s", "k2", crash)
+        cache.run("s", "k2", crash, EvalSetSummary)
     assert not (tmp_path / "stages" / "s-k2").exists()  # never looks finished
 
     def resume(w):
         assert (w / "partial.txt").read_text() == "half"  # a resumable stage sees its own partial work
-        return {}
+        return EvalSetSummary(set="s", items=0)
 
-    assert not cache.run("s", "k2", resume).reused
+    assert not cache.run("s", "k2", resume, EvalSetSummary).reused
+
+
+def test_typed_summaries_keep_the_stage_json_layout(tmp_path):
+    """A branch without a curriculum writes no "stages" field (as before summaries were typed); a reward-model
+    stage's summary is keyed by target; a stage.json that is not the stage's summary is refused by file."""
+    from branchmerge.recipe.summaries import RewardFit, RewardModelsSummary, TrainSummary
+
+    cache = StageCache(tmp_path)
+    plain = TrainSummary(examples=3, steps=2, first_loss=1.5, final_loss=0.5, train_tokens=30)
+    o = cache.run("train.x", "k", lambda w: plain, TrainSummary)
+    written = json.loads((o.path / "stage.json").read_text())["summary"]
+    assert written == {"examples": 3, "steps": 2, "first_loss": 1.5, "final_loss": 0.5, "train_tokens": 30}
+    assert cache.run("train.x", "k", lambda w: plain, TrainSummary).summary == plain
+    fits = RewardModelsSummary({"rv": RewardFit(train=4, heldout=1, skipped=0, mae=0.25, spearman=None)})
+    o = cache.run("reward-models", "k", lambda w: fits, RewardModelsSummary)
+    assert json.loads((o.path / "stage.json").read_text())["summary"] == {
+        "rv": {"train": 4, "heldout": 1, "skipped": 0, "mae": 0.25, "spearman": None}
+    }
+    assert cache.run("reward-models", "k", lambda w: fits, RewardModelsSummary).summary.root["rv"].mae == 0.25
+    with pytest.raises(BranchmergeError, match=r"train.x-k/stage.json: the summary is not what a train.x"):
+        cache.run("train.x", "k", lambda w: fits, RewardModelsSummary)  # read back as another stage's shape
+    (cache.path_of("train.z", "k")).mkdir()
+    (cache.path_of("train.z", "k") / "stage.json").write_text(
+        json.dumps({"seconds": 1.0, "summary": {"examples": 3, "stepz": 2}})
+    )
+    with pytest.raises(BranchmergeError, match=r"train.z-k/stage.json: the summary is not what a train.z"):
+        cache.run("train.z", "k", lambda w: plain, TrainSummary)
 
 
 def test_fingerprints(tmp_path):
@@ -166,11 +199,11 @@ def test_process_stage_serves_the_judge_and_the_student(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     s = stages.process_stage(problems, [tmp_path / "traces.jsonl"], spec, judge, student_dir(), work, False)
-    assert s["traces"] == 6 and s["kept"] == sum(p.reference != "0" for p in problems)
+    assert s.traces == 6 and s.kept == sum(p.reference != "0" for p in problems)
     kept = read_jsonl(work / "processed.jsonl", Trace)
     assert all(t.verified and t.difficulty in ("easy", "medium", "hard") for t in kept)
     assert all(t.rv is None and t.cd is None for t in kept)
-    assert s["steps"]["rv_cd"]["marked"] == {
+    assert s.steps["rv_cd"].marked == {
         f"no {x} score (why: 03-rv_cd.verdicts.jsonl)": len(kept) for x in ("rv", "cd")
     }
     verdicts = read_jsonl(work / "processed.steps" / "03-rv_cd.verdicts.jsonl", Verdict)
@@ -325,9 +358,9 @@ def test_train_stage_runs_a_curriculum_branch(tmp_path, tiny_model_dir):
     plan = branch_plans(r, examples)[0]  # expert-tt: one medium, then one hard example
     work = tmp_path / "work"
     summary = recipe_stages.train_stage(tmp_path / "sft.jsonl", tiny_model_dir, plan, work, False)
-    assert [(s["name"], s["examples"], s["steps"]) for s in summary["stages"]] == [
+    assert [(s.name, s.examples, s.steps) for s in summary.stages or []] == [
         ("medium", 1, 1),
         ("hard", 1, 1),
     ]
-    assert summary["steps"] == 2 and summary["examples"] == 2
+    assert summary.steps == 2 and summary.examples == 2
     assert (work / "model" / "model.safetensors").exists() and (work / "model.stages" / "02-hard").is_dir()

@@ -6,22 +6,28 @@ from branchmerge.evaluate.claim_models import check_models, total_compute
 from branchmerge.recipe.cache import StageOutcome
 from branchmerge.recipe.describe import describe_models
 from branchmerge.recipe.schema import load_recipe
+from branchmerge.recipe.summaries import MergeSummary, TrainSummary
 
 DEMO = Path(__file__).parents[1] / "src/branchmerge/recipe/recipes/demo.yaml"
 
 
-def _outcome(name, seconds, **summary):
+def _train(name, seconds, **tokens):
+    summary = TrainSummary(examples=8, steps=2, first_loss=1.0, final_loss=0.5, **tokens)
     return StageOutcome(name, "k", Path("/x"), True, 0.0, seconds, summary)
+
+
+def _merge(name, seconds):
+    return StageOutcome(name, "k", Path("/x"), True, 0.0, seconds, MergeSummary(method="slerp", tensors=3))
 
 
 def test_demo_models_are_described_from_their_stages():
     recipe = load_recipe(DEMO)
     outcomes = [
-        _outcome("train.expert-add", 10.0, train_tokens=1000, loss_tokens=400),
-        _outcome("train.expert-sort", 11.0, train_tokens=1100, loss_tokens=450),
-        _outcome("train.expert-compare", 12.0, train_tokens=1200),  # a record from before tokens were counted
-        _outcome("train.mixture", 30.0, train_tokens=3300, loss_tokens=1300),
-        *(_outcome(f"merge.{m}", 1.0) for m in recipe.merges),
+        _train("train.expert-add", 10.0, train_tokens=1000, loss_tokens=400),
+        _train("train.expert-sort", 11.0, train_tokens=1100, loss_tokens=450),
+        _train("train.expert-compare", 12.0, train_tokens=1200),  # a record from before tokens were counted
+        _train("train.mixture", 30.0, train_tokens=3300, loss_tokens=1300),
+        *(_merge(f"merge.{m}", 1.0) for m in recipe.merges),
     ]
     models = {m.name: m for m in describe_models(recipe, outcomes)}
     assert models["student"].kind == "base"

@@ -15,6 +15,12 @@ import yaml
 
 from branchmerge.recipe import load_recipe, run_recipe
 from branchmerge.recipe.plan import plan_recipe
+from branchmerge.recipe.summaries import (
+    MergeabilitySummary,
+    ProcessSummary,
+    RewardModelsSummary,
+    TrainSummary,
+)
 from branchmerge.records import EvalSample, read_jsonl
 from branchmerge.tinylab.domains import generate_problems
 from fakes import fake_openai, ok
@@ -141,6 +147,7 @@ def _tiny(name: str, tmp: Path, **eval_files: Path) -> dict[str, Any]:
     data["build_sft"] = {"max_length": 512}
     data["train"].update(student="tinylab:student", student_config=None)
     data["train"]["settings"] = {"method": "full", "max_steps": 6, "batch_size": 8, "learning_rate": 0.001}
+    data["mergeability"] = {"examples": 8}  # on for tiny models, where it fits anywhere
     e = data["eval"]
     e.update(max_tokens=24, temperature=0.6)
     for s in e["sets"]:
@@ -245,11 +252,13 @@ def test_tiny_branch_merge_arcee_fusion_runs_end_to_end(tmp_path):
     names = [o.name for o in result.stages]
     for n in ("train.expert-math", "train.expert-code", "train.expert-science", "train.mixture"):
         assert n in names
+    assert names.index("mergeability") == names.index("train.mixture") + 1
+    assert isinstance(result.stages[names.index("mergeability")].summary, MergeabilitySummary)
     assert [n for n in names if n.startswith("merge.")] == [
         "merge.math-science", "merge.tinyr1", "merge.math-code", "merge.math-code-science"
     ]  # fmt: skip
     # the mixture trains on the experts' summed budget
-    steps = {o.name: o.summary["steps"] for o in result.stages if o.name.startswith("train.")}
+    steps = {o.name: o.summary.steps for o in result.stages if isinstance(o.summary, TrainSummary)}
     assert steps["train.mixture"] == 3 * steps["train.expert-math"] == 18
     per_set = {(s.domain, s.model) for s in samples}
     assert {d for d, _ in per_set} == {"aime2024", "gpqa-diamond", "livecodebench"}
@@ -263,9 +272,9 @@ def test_tiny_branch_merge_arcee_fusion_runs_end_to_end(tmp_path):
         cached[n] for n in ("problems", "generate.deepseek-r1", "process", "build-sft", "merge.tinyr1")
     )
     built = {
-        o.name.removeprefix("train."): o.summary["examples"]
+        o.name.removeprefix("train."): o.summary.examples
         for o in result.stages
-        if o.name.startswith("train.")
+        if isinstance(o.summary, TrainSummary)
     }
     assert {t.name: t.examples for t in plan.training} == {k: str(v) for k, v in built.items()}
 
@@ -305,12 +314,13 @@ def test_tiny_adaptive_thinking_runs_end_to_end(tmp_path):
     names = [o.name for o in result.stages]
     assert names[:5] == ["problems", "generate.deepseek-r1", "generate.qwq-32b", "process", "build-sft"]
     assert names[5:8] == ["train.mixture", "reward-models", "grpo.grpo"]
-    process = next(o for o in result.stages if o.name == "process").summary
-    assert list(process["steps"]) == ["verify", "dedup", "difficulty", "rv_cd", "sample"]
-    mixture = next(o for o in result.stages if o.name == "train.mixture").summary
-    assert [s["name"] for s in mixture["stages"]] == ["medium", "hard"]
-    rewards = next(o for o in result.stages if o.name == "reward-models").summary
-    assert set(rewards) == {"rv", "cd"} and rewards["rv"]["train"] > 0
+    summaries = {o.name: o.summary for o in result.stages}
+    process, mixture, rewards = summaries["process"], summaries["train.mixture"], summaries["reward-models"]
+    assert isinstance(process, ProcessSummary) and isinstance(mixture, TrainSummary)
+    assert list(process.steps) == ["verify", "dedup", "difficulty", "rv_cd", "sample"]
+    assert [s.name for s in mixture.stages or []] == ["medium", "hard"]
+    assert isinstance(rewards, RewardModelsSummary)
+    assert set(rewards.root) == {"rv", "cd"} and rewards.root["rv"].train > 0
     assert {s.model for s in samples} == {"student", "mixture", "grpo"}
     assert {s.domain for s in samples} == {"math500", "aime2024", "gpqa-diamond"}
     report = (tmp_path / "out" / "report.md").read_text()

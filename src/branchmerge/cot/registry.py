@@ -2,7 +2,7 @@
 which runs a chain of steps. Adding a processor: its module (options model, `run`, `PROCESSOR`), one entry in
 `PROCESSORS` and one field of `ProcessOptions` (a test keeps the two in step).
 
-Presets (README.md, "Using the parts one by one", `process`):
+Presets (DistilQwen's two pipelines; README, "Using the parts one by one": `process`):
 - slow-thinking (DistilQwen2.5-R1): verify, dedup, decontaminate, difficulty, rewrite. The output carries
   `difficulty`, ready for a curriculum (medium first, then hard).
 - adaptive-thinking (OmniThought / DistilQwen-ThoughtY): verify, dedup, decontaminate, rv_cd, sample. The

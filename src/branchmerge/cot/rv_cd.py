@@ -1,5 +1,5 @@
 """rv_cd: Reasoning Verbosity and Cognitive Difficulty of each trace, integers 0-9 from a judge LLM
-(OmniThought; DESIGN.md "From the distillation toolkits").
+(OmniThought; README, "Shipped recipes": adaptive-thinking).
 
 Two requests per trace, one per rubric (`prompts/rv.vN.txt`, `prompts/cd.vN.txt`); the judge answers
 `<score>N</score>`. RV sees the question, the reasoning and the answer; CD sees the question and the reasoning.

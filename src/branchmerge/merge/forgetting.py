@@ -71,8 +71,10 @@ def measure_offdomain_loss(
     base_losses: Mapping[str, float] | None = None,
     batch_size: int = 8,
     device: str | None = None,
+    out_dir: str | Path | None = None,
 ) -> OffDomainLoss:
-    """Measure the expert (and the base, unless `base_losses` are given) and write `offdomain_loss.json`."""
+    """Measure the expert (and the base, unless `base_losses` are given) and write `offdomain_loss.json` into
+    `out_dir` (default: the expert's own folder, where `mergeability` looks for it)."""
     if base_losses is None:
         if base_dir is None:
             raise BranchmergeError("measure_offdomain_loss: give base_dir or base_losses")
@@ -85,12 +87,13 @@ def measure_offdomain_loss(
         base=dict(base_losses),
         examples={d: len(rows) for d, rows in groups.items()},
     )
-    write_offdomain_loss(expert_dir, record)
+    write_offdomain_loss(out_dir if out_dir is not None else expert_dir, record)
     return record
 
 
 def write_offdomain_loss(expert_dir: str | Path, record: OffDomainLoss) -> Path:
     path = Path(expert_dir) / OFFDOMAIN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, record.model_dump_json(indent=1) + "\n")
     return path
 

@@ -38,9 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from branchmerge.errors import BranchmergeError
 from branchmerge.merge.analyze import AnalysisResult, Sums, analyze_task_vectors
 from branchmerge.merge.config import MergeConfig
 from branchmerge.merge.forgetting import forgetting, read_offdomain_loss
+from branchmerge.records import OffDomainLoss
 
 Verdict = Literal["likely", "risky", "unlikely"]
 
@@ -143,15 +145,28 @@ def _without_embeddings(result: AnalysisResult) -> Sums:
 
 
 def mergeability(
-    base: str | Path, experts: Sequence[str | Path], *, show_progress: bool = False
+    base: str | Path,
+    experts: Sequence[str | Path],
+    *,
+    labels: Sequence[str] | None = None,
+    offdomain: Sequence[OffDomainLoss | None] | None = None,
+    show_progress: bool = False,
 ) -> Mergeability:
     """Analyse the experts' task vectors against `base` (reads every weight once) and their
-    `offdomain_loss.json` where present; raises BranchmergeError on unusable folders."""
+    `offdomain_loss.json` where present; raises BranchmergeError on unusable folders.
+
+    labels: the experts' names in the result (default: their folder names). offdomain: their off-domain loss
+    records, one per expert in order (None where not measured), instead of the files in their folders."""
     result = analyze_task_vectors(base, experts, density=1.0, show_progress=show_progress)
     total, rest, k = result.total, _without_embeddings(result), len(result.experts)
+    names = list(labels) if labels is not None else result.labels
+    records = list(offdomain) if offdomain is not None else [read_offdomain_loss(p) for p in result.experts]
+    if len(names) != k or len(records) != k:
+        raise BranchmergeError(
+            f"mergeability: {k} experts, but {len(names)} labels and {len(records)} records"
+        )
     logged = {}
-    for label, path in zip(result.labels, result.experts, strict=True):
-        record = read_offdomain_loss(path)
+    for label, record in zip(names, records, strict=True):
         rise = forgetting(record) if record is not None else None
         if rise is not None:
             logged[label] = rise
@@ -161,7 +176,7 @@ def mergeability(
     return Mergeability(
         verdict=verdict,
         reason=reason,
-        experts=result.labels,
+        experts=names,
         rel_delta=rel,
         rel_delta_no_embed=[rest.rel_norm(t) for t in range(k)],
         mean_cosine=cos,

@@ -1,4 +1,4 @@
-"""How a parameter's YAML value becomes a number for one tensor (mergekit 0.1.5 semantics, DESIGN.md).
+"""How a parameter's YAML value becomes a number for one tensor (mergekit 0.1.5 semantics; README, "Merging").
 
 - a scalar is used as is;
 - a list of numbers is a gradient over the layers: layer i of n sits at tau = i / (n - 1) (tau = 1 when

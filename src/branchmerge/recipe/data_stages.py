@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.recipe.specs import EvalSetSpec, ProblemFile, ProblemsSpec
+from branchmerge.recipe.summaries import EvalSetSummary, ProblemsSummary
 from branchmerge.records import Problem, read_jsonl, write_jsonl
 
 TINYLAB_LEVELS = [1, 2, 3, 4]
@@ -31,7 +31,7 @@ def _relabel(problems: list[Problem], relabel: dict[str, str]) -> list[Problem]:
     return [p.model_copy(update={"domain": relabel.get(p.domain, p.domain)}) for p in problems]
 
 
-def problems_stage(spec: ProblemsSpec, base_dir: Path, work: Path) -> dict[str, Any]:
+def problems_stage(spec: ProblemsSpec, base_dir: Path, work: Path) -> ProblemsSummary:
     """train.jsonl (and, for tinylab, the held-out eval.jsonl drawn first, so training excludes its questions)."""
     evals: list[Problem] = []
     if spec.source == "tinylab":
@@ -61,7 +61,9 @@ def problems_stage(spec: ProblemsSpec, base_dir: Path, work: Path) -> dict[str, 
     per_domain: dict[str, int] = {}
     for p in trains:
         per_domain[p.domain] = per_domain.get(p.domain, 0) + 1
-    return {"train": len(trains), "eval": len(evals), "domains": sorted(per_domain), "per_domain": per_domain}
+    return ProblemsSummary(
+        train=len(trains), eval=len(evals), domains=sorted(per_domain), per_domain=per_domain
+    )
 
 
 def mdr_training_items(spec: ProblemsSpec) -> list[Problem]:
@@ -116,7 +118,7 @@ def _unique(problems: list[Problem]) -> None:
         seen.add(p.id)
 
 
-def eval_set_stage(spec: EvalSetSpec, heldout: Path, base_dir: Path, work: Path) -> dict[str, Any]:
+def eval_set_stage(spec: EvalSetSpec, heldout: Path, base_dir: Path, work: Path) -> EvalSetSummary:
     """problems.jsonl of one eval set; a standard set's items take its label as their domain (a report column)."""
     from branchmerge.evaluate.loaders import load_set
     from branchmerge.evaluate.mdr import load_mdr
@@ -143,4 +145,4 @@ def eval_set_stage(spec: EvalSetSpec, heldout: Path, base_dir: Path, work: Path)
     if not problems:
         raise BranchmergeError(f"eval.sets: '{label}' has no items")
     write_jsonl(work / "problems.jsonl", problems)
-    return {"set": label, "items": len(problems)}
+    return EvalSetSummary(set=label, items=len(problems))

@@ -14,6 +14,7 @@ from branchmerge.evaluate.claim_models import ModelInfo
 from branchmerge.recipe.cache import StageOutcome
 from branchmerge.recipe.resolve import STUDENT, expert_groups
 from branchmerge.recipe.schema import Recipe
+from branchmerge.recipe.summaries import TrainSummary
 from branchmerge.train.branches import MIXTURE, expert_name
 
 
@@ -28,15 +29,16 @@ def describe_models(recipe: Recipe, outcomes: Sequence[StageOutcome]) -> list[Mo
         if o is None:
             continue
         s = o.summary
-        counted = "loss_tokens" in s  # older stage records hold the data set's size under train_tokens
+        assert isinstance(s, TrainSummary)
+        counted = s.loss_tokens is not None  # older stage records hold the data set's size under train_tokens
         out.append(
             ModelInfo(
                 name=name,
                 kind="mixture" if name == MIXTURE else "expert",
                 domain=name.removeprefix("expert-") if name != MIXTURE and by_domain else None,
                 parents=[STUDENT],
-                train_tokens=s.get("train_tokens") if counted else None,
-                loss_tokens=s.get("loss_tokens") if counted else None,
+                train_tokens=s.train_tokens if counted else None,
+                loss_tokens=s.loss_tokens if counted else None,
                 wall_s=o.original_seconds,
             )
         )

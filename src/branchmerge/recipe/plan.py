@@ -9,6 +9,7 @@ GPU memory than this machine has).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from branchmerge.errors import BranchmergeError
-from branchmerge.recipe import keys
-from branchmerge.recipe.cache import dir_fingerprint
+from branchmerge.recipe.cache import StageCache
+from branchmerge.recipe.graph import build_stages
 from branchmerge.recipe.plan_costs import (
     TeacherLoad,
     TrainLoad,
@@ -29,12 +30,11 @@ from branchmerge.recipe.resolve import (
     STUDENT,
     check_recipe,
     data_path,
-    evaluated_models,
-    expert_and_mixture_names,
-    judge_of,
     model_names,
+    resolve_merge,
 )
 from branchmerge.recipe.schema import Recipe
+from branchmerge.recipe.stage_api import Env, NotKnown
 from branchmerge.records import Problem, read_jsonl, write_jsonl
 from branchmerge.train.memory import Shape, shape_from_config
 
@@ -84,19 +84,25 @@ def plan_recipe(
                 if probe and not status.startswith("ok"):
                     plan.todo.append(f"teacher {t.name}: {url} {status}")
 
+    cache = StageCache(out)
+    plan.stages, planned = _stages(recipe, cache, Env(base, checked.paths))
+    s_key = planned["build-sft"]
+    built = (
+        cache.path_of("build-sft", s_key) / "sft.jsonl"
+        if s_key and cache.is_done("build-sft", s_key)
+        else None
+    )
     student = checked.paths.get(STUDENT)
     shape = _student_shape(recipe, student, base, plan)
     if shape is not None:
-        _check_merges(recipe, student, shape, plan)
+        _check_merges(recipe, student, shape, plan, built)
     _check_machine(recipe, plan)
 
-    p_key = keys.problems_key(recipe, base) if _files_present(recipe, base) else None
-    problems, heldout = _problems(recipe, out, base, p_key, plan)
+    problems, heldout = _problems(recipe, cache, base, planned["problems"], plan)
     counter = prompt_counter(student)
     plan.tokens_by = counter[1]
     plan.teachers = estimate_teachers(recipe, problems, counter, _eval_problems(recipe, base, heldout, plan))
-    plan.stages, s_key = _stages(recipe, out, p_key, checked.paths)
-    sft = out / "stages" / f"build-sft-{s_key}" / "sft.jsonl" if s_key else None
+    sft = cache.path_of("build-sft", s_key) / "sft.jsonl" if s_key else None
     plan.training = estimate_training(recipe, problems, counter, shape, sft)
     return plan
 
@@ -143,12 +149,13 @@ def _student_shape(recipe: Recipe, student: Path | None, base: Path, plan: Plan)
         return None
 
 
-def _check_merges(recipe: Recipe, student: Path | None, shape: Shape, plan: Plan) -> None:
+def _check_merges(recipe: Recipe, student: Path | None, shape: Shape, plan: Plan, sft: Path | None) -> None:
     """Each merge config as `merge --explain` sees it. Every recipe model shares the student's tensors, so a
-    local student stands in for all of them (symlinks named after the models, so warnings name them)."""
+    local student stands in for all of them (symlinks named after the models, so warnings name them).
+    Calibration that names no file reads the SFT set `sft`; before build-sft has run, only the set's absence
+    is forgiven (and the merge checked without reading data), since the run builds it first."""
     from branchmerge.merge.config import validate_merge_config
     from branchmerge.merge.explain import explain_merge, rule_warnings
-    from branchmerge.recipe.runner import resolve_merge
 
     names = [*model_names(recipe), *recipe.merges]
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,12 +165,19 @@ def _check_merges(recipe: Recipe, student: Path | None, shape: Shape, plan: Plan
                 for f in student.resolve().iterdir():
                     (Path(tmp) / n / f.name).symlink_to(f)
         models = {n: (Path(tmp) / n, n) for n in names}
+        planned = sft or Path(tmp) / "build-sft" / "sft.jsonl"  # not there yet: the run builds it first
         for name, cfg in recipe.merges.items():
             try:
-                resolved = resolve_merge(cfg, models)
+                resolved = resolve_merge(cfg, models, str(planned))
+                warnings = None
                 if student is not None:
-                    warnings = [w for step in explain_merge(resolved) for w in step.warnings]
-                else:
+                    try:
+                        warnings = [w for step in explain_merge(resolved) for w in step.warnings]
+                    except BranchmergeError as e:
+                        unbuilt = f"{planned}: calibration file not found"
+                        if sft is not None or any(x and unbuilt not in x for x in str(e).splitlines()):
+                            raise
+                if warnings is None:  # no weights to read, or no SFT set yet: the rules alone
                     warnings = rule_warnings(validate_merge_config(resolved), list(shape.tensor_names))
             except (BranchmergeError, KeyError) as e:
                 plan.errors.append(f"merges.{name}: {str(e).replace(tmp + '/', '')}")
@@ -186,7 +200,7 @@ def _check_machine(recipe: Recipe, plan: Plan) -> None:
 
 
 def _problems(
-    recipe: Recipe, out: Path, base: Path, p_key: str | None, plan: Plan
+    recipe: Recipe, cache: StageCache, base: Path, p_key: str | None, plan: Plan
 ) -> tuple[list[Problem] | None, list[Problem]]:
     """The training problems and the held-out items: from the cached problems stage, else made once in a temp
     folder (cheap: no model). (None, []) when data files are missing."""
@@ -194,9 +208,9 @@ def _problems(
 
     if p_key is None:
         return None, []
-    done = out / "stages" / f"problems-{p_key}"
+    done = cache.path_of("problems", p_key)
     with tempfile.TemporaryDirectory() as tmp:
-        if not (done / "stage.json").exists():
+        if not cache.is_done("problems", p_key):
             done = Path(tmp)
             try:
                 problems_stage(recipe.problems, base, done)
@@ -237,59 +251,42 @@ def _eval_problems(
     return found
 
 
-def _stages(
-    recipe: Recipe, out: Path, p_key: str | None, paths: dict[str, Path]
-) -> tuple[list[PlannedStage], str | None]:
-    """Every stage in run order, and whether the stage cache under `out` already holds it."""
-    root = out / "stages"
+class _Planned:
+    """The keys a dry run knows before running: a stage's key is known when its inputs are here and the keys
+    of the stages it reads are known."""
 
-    def done(name: str, key: str | None) -> bool | None:
-        return None if key is None else (root / f"{name}-{key}" / "stage.json").exists()
+    def __init__(self, keys: dict[str, str | None], cache: StageCache) -> None:
+        self.keys, self.cache = keys, cache
 
-    stages: list[PlannedStage] = []
-    stages.append(PlannedStage("problems", done("problems", p_key)))
-    g_keys: list[str | None] = []
-    for t in (t for t in recipe.teachers if t.generates):
-        ckpt = paths.get(f"teacher:{t.name}")
-        local_missing = t.checkpoint is not None and ckpt is None
-        g = None if p_key is None or local_missing else keys.generate_key(recipe, t, p_key, ckpt)
-        g_keys.append(g)
-        stages.append(PlannedStage(f"generate.{t.name}", done(f"generate.{t.name}", g)))
-    student = paths.get(STUDENT)
-    v_key = s_key = None
-    if p_key and student and None not in g_keys:
-        judge = judge_of(recipe, recipe.process.judge, paths)
-        v_key = keys.process_key(recipe, p_key, [g for g in g_keys if g], judge, student)
-        s_key = keys.build_sft_key(v_key, dir_fingerprint(student), recipe)
-    stages.append(
-        PlannedStage("process", done("process", v_key), f"steps: {', '.join(recipe.process.steps)}")
-    )
-    stages.append(PlannedStage("build-sft", done("build-sft", s_key)))
-    # the run's order: branches, reward models, GRPO, merges (keys from here on need trained models' keys)
-    later = [f"train.{name}" for name in expert_and_mixture_names(recipe)]
-    if recipe.reward_models is not None:
-        later.append("reward-models")
-    if recipe.grpo is not None:
-        later.append(f"grpo.{recipe.grpo.name}")
-    later += [f"merge.{name}" for name in recipe.merges]
-    for stage in later:
-        upstream = v_key if stage == "reward-models" else s_key
-        stages.append(PlannedStage(stage, _cached_prefix(root, stage) if upstream else None))
-    evaluated = evaluated_models(recipe)
-    for s in recipe.eval.sets:
-        label = s.label or s.name
-        n = recipe.eval.sampling(s)["n"]
-        stages.append(PlannedStage(f"eval-set.{label}", None, f"{n} sample(s) per item"))
-        for m in evaluated:
-            stages.append(PlannedStage(keys.eval_stage_name(m, label, recipe.eval), None))
-    return stages, s_key
+    def key(self, stage: str) -> str:
+        key = self.keys.get(stage)
+        if key is None:
+            raise NotKnown(f"{stage}: its key is not known before the run")
+        return key
+
+    def path(self, stage: str) -> Path:
+        return self.cache.path_of(stage, self.key(stage))
 
 
-def _cached_prefix(root: Path, name: str) -> bool | None:
-    """A downstream stage: cached when some finished folder of that name exists (its key needs trained models'
-    keys, which only a run computes); None when none does."""
-    return True if any(root.glob(f"{name}-*/stage.json")) else None
-
-
-def _files_present(recipe: Recipe, base: Path) -> bool:
-    return all(data_path(f.path, base).exists() for f in recipe.problems.files)
+def _stages(recipe: Recipe, cache: StageCache, env: Env) -> tuple[list[PlannedStage], dict[str, str | None]]:
+    """Every stage in run order, whether the stage cache already holds it, and the keys known before running.
+    A stage found by its key is noted with what it reported when it ran (its summary's one line)."""
+    keys: dict[str, str | None] = {}
+    rows = []
+    for stage in build_stages(recipe, env):
+        how, key, cached, note = stage.estimate, None, None, stage.estimate.note
+        if how.by == "key":
+            with contextlib.suppress(NotKnown):
+                key = stage.key(_Planned(keys, cache))
+            cached = None if key is None else cache.is_done(stage.name, key)
+            if cached and key is not None:
+                try:
+                    done = cache.finished(stage.name, key, stage.summary)
+                    note = done[0].describe() if done is not None else note
+                except BranchmergeError as e:
+                    note = str(e)
+        elif how.by == "name" and keys.get(how.after):
+            cached = True if cache.any_done(stage.name) else None
+        keys[stage.name] = key
+        rows.append(PlannedStage(stage.name, cached, note))
+    return rows, keys

@@ -3,6 +3,7 @@ judges and data files. `run` raises every problem at once; `run --dry-run` repor
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,24 @@ def merge_refs(config: dict[str, Any]) -> list[tuple[str, str]]:
     return refs
 
 
+def takes_sft_calibration(config: dict[str, Any]) -> bool:
+    """Whether a merge's models take their calibration examples from the run's SFT set: a model entry whose
+    `calibration` is a mapping without a `path` (`{domain: add}`: that domain's examples of build-sft's
+    sft.jsonl, the ones its expert was trained on)."""
+    return bool(_sft_calibrated(config))
+
+
+def _sft_calibrated(config: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    entries = enumerate(config.get("models", []) or [])
+    return [
+        (i, m["calibration"])
+        for i, m in entries
+        if isinstance(m, dict)
+        and isinstance(m.get("calibration"), dict)
+        and m["calibration"].get("path") is None
+    ]
+
+
 @dataclass
 class Checked:
     paths: dict[str, Path] = field(default_factory=dict)  # "student", "teacher:<name>"
@@ -193,6 +212,14 @@ def _name_errors(recipe: Recipe) -> list[str]:
             errors.append(
                 f"{where}.merge_method: '{method}' is not a merge method (known: {', '.join(METHODS)})"
             )
+        domains = recipe.problems.train_domains
+        for i, source in _sft_calibrated(cfg):
+            d = source.get("domain")
+            if d is not None and domains and d not in domains:
+                errors.append(
+                    f"{where}.models[{i}].calibration.domain: '{d}' is not a training domain of this recipe "
+                    f"({', '.join(domains)}); without a path the examples come from the run's SFT set"
+                )
         for field_name, ref in merge_refs(cfg):
             if ref not in known:
                 errors.append(
@@ -220,6 +247,25 @@ def _missing_files(recipe: Recipe, base_dir: Path) -> list[str]:
     files += [(f"eval.sets[{i}].path", s.path) for i, s in enumerate(recipe.eval.sets) if s.path]
     paths = [(where, data_path(p, base_dir)) for where, p in files]
     return [f"{where}: {path} not found" for where, path in paths if not path.exists()]
+
+
+def resolve_merge(
+    cfg: dict[str, Any], models: dict[str, tuple[Path, str]], sft: str | None = None
+) -> dict[str, Any]:
+    """A merge config with each model name replaced by that model's folder (`models`: name -> (folder, key)) and,
+    when given, `sft` (the SFT set, or its stage key) as the path of every calibration that names none."""
+    c = copy.deepcopy(cfg)
+    if sft is not None:
+        for i, source in _sft_calibrated(c):
+            c["models"][i]["calibration"] = {**source, "path": sft}
+    if "base_model" in c:
+        c["base_model"] = str(models[str(c["base_model"])][0])
+    for m in c.get("models", []):
+        m["model"] = str(models[str(m["model"])][0])
+    ts = c.get("tokenizer_source")
+    if isinstance(ts, str) and ts in models:
+        c["tokenizer_source"] = str(models[ts][0])
+    return c
 
 
 def data_path(ref: str, base_dir: Path) -> Path:

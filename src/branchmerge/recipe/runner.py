@@ -1,12 +1,12 @@
-"""Run a recipe: validate everything first, then run the stage DAG with the content-addressed cache."""
+"""Run a recipe: validate everything first, then run its stages (recipe/graph.py) in order with the
+content-addressed cache, then write the report from the evaluation stages."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,23 +14,14 @@ from rich.table import Table
 
 from branchmerge.evaluate.report import render_report
 from branchmerge.evaluate.stats import accuracy_table
-from branchmerge.recipe import data_stages, stages
-from branchmerge.recipe.cache import StageCache, StageOutcome, dir_fingerprint, fingerprint
+from branchmerge.recipe.cache import StageCache, StageOutcome
 from branchmerge.recipe.describe import describe_models
-from branchmerge.recipe.keys import (
-    build_sft_key,
-    eval_key,
-    eval_set_key,
-    eval_stage_name,
-    generate_key,
-    problems_key,
-    process_key,
-    train_key,
-)
-from branchmerge.recipe.resolve import STUDENT, branch_plans, evaluated_models, judge_of, preflight
-from branchmerge.recipe.schema import Recipe, TeacherSpec
-from branchmerge.records import EvalSample, Problem, SFTExample, read_jsonl
-from branchmerge.teachers.config import TeacherConfig
+from branchmerge.recipe.graph import build_stages
+from branchmerge.recipe.resolve import STUDENT, preflight
+from branchmerge.recipe.schema import Recipe
+from branchmerge.recipe.stage_api import Env, Stage
+from branchmerge.recipe.summaries import EvalSetSummary, EvalSummary, ProcessSummary
+from branchmerge.records import EvalSample, Problem, read_jsonl
 
 
 @dataclass
@@ -41,25 +32,22 @@ class RunResult:
     report: Path | None = None
 
 
-def _describe(o: StageOutcome) -> str:
-    s = o.summary
-    keys = (
-        "train",
-        "eval",
-        "traces",
-        "errors",
-        "kept",
-        "dropped",
-        "examples",
-        "too_long",
-        "steps",
-        "final_loss",
-        "tensors",
-    )
-    parts = [f"{k}={s[k]}" for k in keys if k in s]
-    if "accuracy" in s:
-        parts.append(f"accuracy={100 * s['accuracy'].get('all', 0):.1f}%")
-    return ", ".join(parts)
+class Finished:
+    """The finished stages one stage may read: those it names as upstream."""
+
+    def __init__(self, done: dict[str, StageOutcome], stage: Stage) -> None:
+        self.done, self.stage = done, stage
+
+    def _get(self, name: str) -> StageOutcome:
+        if name not in self.stage.upstream:
+            raise KeyError(f"stage {self.stage.name} reads {name}, which is not among its upstream stages")
+        return self.done[name]
+
+    def key(self, stage: str) -> str:
+        return self._get(stage).key
+
+    def path(self, stage: str) -> Path:
+        return self._get(stage).path
 
 
 def run_recipe(
@@ -75,144 +63,32 @@ def run_recipe(
     paths = preflight(recipe, base)
     cache = StageCache(out)
     result = RunResult(out)
+    done: dict[str, StageOutcome] = {}
+    with contextlib.ExitStack() as servers:  # judges started by stages stop when the last stage is done
+        for stage in build_stages(recipe, Env(base, paths, show_progress, servers)):
+            up = Finished(done, stage)
+            o = cache.run(stage.name, stage.key(up), partial(stage.run, up), stage.summary)
+            done[stage.name] = o
+            result.stages.append(o)
+            status = "[cyan]reused[/cyan]" if o.reused else "[green]ran[/green]   "
+            secs = o.original_seconds if o.reused else o.seconds
+            console.print(f"  {status} {escape(o.name):<28} {secs:7.1f} s  {escape(o.summary.describe())}")
 
-    def stage(name: str, key: str, fn: Any) -> StageOutcome:
-        o = cache.run(name, key, fn)
-        result.stages.append(o)
-        status = "[cyan]reused[/cyan]" if o.reused else "[green]ran[/green]   "
-        secs = o.original_seconds if o.reused else o.seconds
-        console.print(f"  {status} {escape(name):<28} {secs:7.1f} s  {escape(_describe(o))}")
-        return o
-
-    # problems → traces → processed traces → SFT set
-    p_key = problems_key(recipe, base)
-    po = stage("problems", p_key, lambda w: data_stages.problems_stage(recipe.problems, base, w))
-    train_problems = read_jsonl(po.path / "train.jsonl", Problem)
-
-    trace_files, g_keys = [], []
-    for t in (t for t in recipe.teachers if t.generates):
-        ckpt = paths.get(f"teacher:{t.name}")
-        g_key = generate_key(recipe, t, p_key, ckpt)
-        go = stage(
-            f"generate.{t.name}",
-            g_key,
-            lambda w, t=t, ckpt=ckpt: stages.generate_stage(
-                train_problems, t, recipe.generate, ckpt, w, show_progress, recipe.engine
-            ),
-        )
-        trace_files.append(go.path / "traces.jsonl")
-        g_keys.append(g_key)
-    pspec = recipe.process
-    judge = judge_of(recipe, pspec.judge, paths)
-    v_key = process_key(recipe, p_key, g_keys, judge, paths[STUDENT])
-    vo = stage(
-        "process",
-        v_key,
-        lambda w: stages.process_stage(
-            train_problems, trace_files, pspec, judge, paths[STUDENT], w, show_progress, recipe.engine
-        ),
-    )
-
-    student = paths[STUDENT]
-    student_fp = dir_fingerprint(student)
-    s_key = build_sft_key(v_key, student_fp, recipe)
-    so = stage(
-        "build-sft",
-        s_key,
-        lambda w: stages.build_sft_stage(
-            train_problems, vo.path / "processed.jsonl", student, recipe.build_sft, w
-        ),
-    )
-
-    # experts and the data-mixture baseline, all from the same student with the same seed
-    models: dict[str, tuple[Path, str]] = {STUDENT: (student, student_fp)}
-    sft_file = so.path / "sft.jsonl"
-    for plan in branch_plans(recipe, read_jsonl(sft_file, SFTExample)):
-        key = train_key(s_key, student_fp, plan)
-        o = stage(
-            f"train.{plan.name}",
-            key,
-            lambda w, plan=plan: stages.train_stage(sft_file, student, plan, w, show_progress),
-        )
-        models[plan.name] = (o.path / "model", key)
-
-    # RV / CD reward models, then a GRPO stage from a trained model (rewarded by them when present)
-    r_dir = None
-    if recipe.reward_models is not None:
-        rspec = recipe.reward_models
-        r_key = fingerprint("reward-models", v_key, student_fp, rspec.model_dump())
-        ro = stage(
-            "reward-models",
-            r_key,
-            lambda w: stages.reward_models_stage(
-                train_problems, vo.path / "processed.jsonl", student, rspec, w, show_progress
-            ),
-        )
-        r_dir = (ro.path, r_key)
-    if recipe.grpo is not None:
-        gspec = recipe.grpo
-        start = models[gspec.start]
-        key = fingerprint("grpo", p_key, start[1], r_dir[1] if r_dir else None, gspec.model_dump())
-        o = stage(
-            f"grpo.{gspec.name}",
-            key,
-            lambda w: stages.grpo_stage(
-                train_problems, start[0], r_dir[0] if r_dir else None, gspec, w, show_progress
-            ),
-        )
-        models[gspec.name] = (o.path / "model", key)
-
-    # merges: names in the config resolve to this run's models, including earlier merges ((A & B) & C)
-    for name, cfg in recipe.merges.items():
-        resolved = resolve_merge(cfg, models)
-        keyed = resolve_merge(cfg, {k: (Path(v[1]), v[1]) for k, v in models.items()})
-        key = fingerprint("merge", keyed)
-        o = stage(
-            f"merge.{name}", key, lambda w, resolved=resolved: stages.merge_stage(resolved, w, show_progress)
-        )
-        models[name] = (o.path / "model", key)
-
-    # every model on every eval set (a judge, when named, is started once, at the first stage that needs it)
-    e_spec = recipe.eval
-    samples: list[EvalSample] = []
-    eval_problems: list[Problem] = []
-    with contextlib.ExitStack() as stack:
-        eval_judge = _LazyEndpoint(stack, judge_of(recipe, e_spec.judge, paths), recipe.engine)
-        for set_spec in e_spec.sets:
-            label = set_spec.label or set_spec.name
-            set_key = eval_set_key(set_spec, p_key, base)
-            eo = stage(
-                f"eval-set.{label}",
-                set_key,
-                lambda w, s=set_spec: data_stages.eval_set_stage(s, po.path / "eval.jsonl", base, w),
-            )
-            items = read_jsonl(eo.path / "problems.jsonl", Problem)
-            eval_problems += items
-            sampling = e_spec.sampling(set_spec)
-            for name in evaluated_models(recipe):
-                mdir, mkey = models[name]
-                key = eval_key(set_key, mkey, name, sampling, e_spec, set_spec)
-                o = stage(
-                    eval_stage_name(name, label, e_spec),
-                    key,
-                    lambda w, mdir=mdir, name=name, items=items, label=label, sampling=sampling: (
-                        stages.eval_stage(
-                            mdir,
-                            name,
-                            items,
-                            label,
-                            sampling,
-                            eval_judge.get(),
-                            w,
-                            show_progress,
-                            recipe.engine,
-                        )
-                    ),
-                )
-                samples += read_jsonl(o.path / "samples.jsonl", EvalSample)
-
+    samples = [
+        s
+        for o in result.stages
+        if isinstance(o.summary, EvalSummary)
+        for s in read_jsonl(o.path / "samples.jsonl", EvalSample)
+    ]
+    eval_problems = [
+        p
+        for o in result.stages
+        if isinstance(o.summary, EvalSetSummary)
+        for p in read_jsonl(o.path / "problems.jsonl", Problem)
+    ]
     result.accuracy = accuracy_table(samples)
     rows = [(o.name, "reused" if o.reused else "ran", o.original_seconds) for o in result.stages]
+    e_spec = recipe.eval
     result.report = render_report(
         samples,
         out,
@@ -226,21 +102,6 @@ def run_recipe(
         models=describe_models(recipe, result.stages),
     )
     return result
-
-
-class _LazyEndpoint:
-    """A judge endpoint entered into `stack` on first use, so a fully cached evaluation starts no server."""
-
-    def __init__(
-        self, stack: contextlib.ExitStack, judge: tuple[TeacherSpec, Path | None] | None, engine: str
-    ) -> None:
-        self.stack, self.judge, self.engine = stack, judge, engine
-        self.cfg: TeacherConfig | None = None
-
-    def get(self) -> TeacherConfig | None:
-        if self.judge is not None and self.cfg is None:
-            self.cfg = self.stack.enter_context(stages.teacher_endpoint(*self.judge, self.engine))
-        return self.cfg
 
 
 def merge_parents(recipe: Recipe, evaluated: set[str]) -> dict[str, list[str]]:
@@ -260,18 +121,6 @@ def merge_parents(recipe: Recipe, evaluated: set[str]) -> dict[str, list[str]]:
     return {name: ps for name, ps in found.items() if ps}
 
 
-def resolve_merge(cfg: dict[str, Any], models: dict[str, tuple[Path, str]]) -> dict[str, Any]:
-    c = copy.deepcopy(cfg)
-    if "base_model" in c:
-        c["base_model"] = str(models[str(c["base_model"])][0])
-    for m in c.get("models", []):
-        m["model"] = str(models[str(m["model"])][0])
-    ts = c.get("tokenizer_source")
-    if isinstance(ts, str) and ts in models:
-        c["tokenizer_source"] = str(models[ts][0])
-    return c
-
-
 def _notes(
     recipe: Recipe, acc: dict[str, dict[str, tuple[float, int]]], outcomes: list[StageOutcome]
 ) -> list[str]:
@@ -286,10 +135,10 @@ def _notes(
                 f"expert-{d} {verdict} the student base on {d}: {100 * e[0]:.1f}% vs {100 * b[0]:.1f}%"
             )
     for o in outcomes:
-        if o.name == "process":
+        if isinstance(o.summary, ProcessSummary):
             s = o.summary
-            steps = ", ".join(f"{k} → {v['after']}" for k, v in s["steps"].items())
-            notes.append(f"processing kept {s['kept']} of {s['traces']} teacher traces ({steps})")
+            steps = ", ".join(f"{k} → {v.after}" for k, v in s.steps.items())
+            notes.append(f"processing kept {s.kept} of {s.traces} teacher traces ({steps})")
     reused = [o.name for o in outcomes if o.reused]
     if reused:
         notes.append("reused from an earlier run: " + ", ".join(reused))

@@ -13,6 +13,7 @@ from branchmerge.errors import BranchmergeError, validation_error
 from branchmerge.recipe.specs import (
     EvalSpec,
     GRPOSpec,
+    MergeabilitySpec,
     ProblemsSpec,
     RewardModelsSpec,
 )
@@ -133,6 +134,7 @@ class Recipe(_Spec):
     train: TrainSpec
     reward_models: RewardModelsSpec | None = None
     grpo: GRPOSpec | None = None
+    mergeability: MergeabilitySpec = MergeabilitySpec()
     merges: dict[str, dict[str, Any]] = {}
     eval: EvalSpec = EvalSpec()
     # The server of every local checkpoint the run asks over HTTP (teachers, judge, student, evaluated models):

@@ -159,6 +159,15 @@ class EvalSpec(_Spec):
         }
 
 
+class MergeabilitySpec(_Spec):
+    """The mergeability stage, which runs where there are two or more domain experts: each expert's loss on the
+    first `examples` SFT examples of every domain beside the student's (every model is loaded in fp32, on the
+    GPU when there is one), then the verdict of `merge.mergeability`."""
+
+    enabled: bool = True
+    examples: int = Field(default=64, gt=0)  # per domain
+
+
 class RewardModelsSpec(_Spec):
     """RV / CD regressors trained from the student on the processed traces' judge scores."""
 

@@ -1,8 +1,10 @@
-"""The recipe's stages. Each reads files, writes into its own work folder and returns a summary dict."""
+"""The recipe's stage functions. Each reads files, writes into its own work folder and returns its typed summary
+(`recipe/summaries.py`); `recipe/graph.py` wires them into the pipeline."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,19 @@ from branchmerge.evaluate.runner import evaluate_model
 from branchmerge.evaluate.stats import accuracy_table
 from branchmerge.recipe.schema import BuildSFTSpec, GenerateSpec, ProcessSpec, TeacherSpec
 from branchmerge.recipe.specs import GRPOSpec, RewardModelsSpec
+from branchmerge.recipe.summaries import (
+    BuildSFTSummary,
+    CurriculumStageSummary,
+    EvalSummary,
+    GenerateSummary,
+    GRPOSummary,
+    MergeSummary,
+    ProcessSummary,
+    RewardFit,
+    RewardModelsSummary,
+    StepSummary,
+    TrainSummary,
+)
 from branchmerge.records import Problem, SFTExample, Trace, read_jsonl, write_jsonl
 from branchmerge.teachers.config import TeacherConfig
 from branchmerge.teachers.engines import serve_checkpoint
@@ -45,7 +60,7 @@ def generate_stage(
     work: Path,
     show_progress: bool,
     engine: str = "auto",
-) -> dict[str, Any]:
+) -> GenerateSummary:
     """Send every problem to the teacher over HTTP; a local checkpoint is served on 127.0.0.1 first."""
     from branchmerge.teachers.client import generate_traces
 
@@ -62,13 +77,13 @@ def generate_stage(
             show_progress=show_progress,
         )
     traces = read_jsonl(work / "traces.jsonl", Trace)
-    return {
-        "teacher": teacher.name,
-        "traces": len(traces),
-        "errors": sum(t.error is not None for t in traces),
-        "truncated": sum(t.finish_reason == "length" for t in traces),
-        "requests_this_run": summary.requests,
-    }
+    return GenerateSummary(
+        teacher=teacher.name,
+        traces=len(traces),
+        errors=sum(t.error is not None for t in traces),
+        truncated=sum(t.finish_reason == "length" for t in traces),
+        requests_this_run=summary.requests,
+    )
 
 
 def process_stage(
@@ -80,7 +95,7 @@ def process_stage(
     work: Path,
     show_progress: bool,
     engine: str = "auto",
-) -> dict[str, Any]:
+) -> ProcessSummary:
     """The CoT processors over all teachers' traces; the judge (a recipe teacher) and, for difficulty by pass
     rate, the student are served while the steps run. Writes processed.jsonl and each step's counts."""
     traces = [t for f in trace_files for t in read_jsonl(f, Trace)]
@@ -97,20 +112,20 @@ def process_stage(
         counts = process_traces(
             steps, traces, {p.id: p for p in problems}, options, work / "processed.jsonl", ctx
         )
-    return {
-        "traces": len(traces),
-        "kept": sum(counts[-1].after.values()),
-        "steps": {
-            c.step: {"after": sum(c.after.values()), "removed": c.removed, "marked": c.flagged}
+    return ProcessSummary(
+        traces=len(traces),
+        kept=sum(counts[-1].after.values()),
+        steps={
+            c.step: StepSummary(after=sum(c.after.values()), removed=c.removed, marked=c.flagged)
             for c in counts
         },
-        "table": next((c.table for c in counts if c.step == "verify"), []),
-    }
+        table=next((c.table for c in counts if c.step == "verify"), []),
+    )
 
 
 def build_sft_stage(
     problems: list[Problem], verified: Path, student: Path, spec: BuildSFTSpec, work: Path
-) -> dict[str, Any]:
+) -> BuildSFTSummary:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(student)
@@ -121,47 +136,50 @@ def build_sft_stage(
     per_domain: dict[str, int] = {}
     for e in examples:
         per_domain[e.domain] = per_domain.get(e.domain, 0) + 1
-    return {
-        "examples": report.examples,
-        "too_long": report.too_long,
-        "tokens": report.tokens,
-        "per_domain": per_domain,
-    }
+    return BuildSFTSummary(
+        examples=report.examples, too_long=report.too_long, tokens=report.tokens, per_domain=per_domain
+    )
 
 
 def train_stage(
     sft_file: Path, student: Path, plan: BranchPlan, work: Path, show_progress: bool
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Train one branch (an expert or the mixture, with or without a curriculum) from the student."""
     examples = read_jsonl(sft_file, SFTExample)
     r = train_branch(examples, student, work / "model", plan, show_progress=show_progress)
-    summary: dict[str, Any] = {
-        "examples": r.examples,
-        "steps": r.steps,
-        "first_loss": round(r.first_loss, 4),
-        "final_loss": round(r.final_loss, 4),
-        "train_tokens": r.train_tokens,  # non-padding tokens seen over all steps
-        "loss_tokens": r.loss_tokens,
-    }
-    if isinstance(r, CurriculumResult):
-        summary["stages"] = [
-            {
-                "name": st.name,
-                "examples": st.examples,
-                "steps": st.steps,
-                "first_loss": round(st.first_loss, 4),
-                "final_loss": round(st.final_loss, 4),
-            }
+    summary = TrainSummary(
+        examples=r.examples,
+        steps=r.steps,
+        first_loss=round(r.first_loss, 4),
+        final_loss=round(r.final_loss, 4),
+        train_tokens=r.train_tokens,  # non-padding tokens seen over all steps
+        loss_tokens=r.loss_tokens,
+    )
+    if isinstance(r, CurriculumResult):  # set only here, so a plain branch's stage.json has no "stages"
+        summary.stages = [
+            CurriculumStageSummary(
+                name=st.name,
+                examples=st.examples,
+                steps=st.steps,
+                first_loss=round(st.first_loss, 4),
+                final_loss=round(st.final_loss, 4),
+            )
             for st in r.stages
         ]
     return summary
 
 
-def merge_stage(config: dict[str, Any], work: Path, show_progress: bool) -> dict[str, Any]:
+def merge_stage(config: dict[str, Any], work: Path, show_progress: bool) -> MergeSummary:
+    """Run the merge into model/. A data-aware merge keeps its calibration statistics in the work folder (so an
+    interrupted stage reuses them) unless the config names a `calibration.cache_dir`; they are removed once the
+    model is written, since the finished stage is never run again (RegMean's Gram matrices of a 4B model are
+    tens of GB)."""
     from branchmerge.merge import run_merge
 
     r = run_merge(config, work / "model", show_progress=show_progress)
-    return {"method": config["merge_method"], "tensors": r.n_tensors}
+    if not (config.get("calibration") or {}).get("cache_dir"):
+        shutil.rmtree(work / "calibration-cache", ignore_errors=True)
+    return MergeSummary(method=config["merge_method"], tensors=r.n_tensors)
 
 
 def reward_models_stage(
@@ -171,12 +189,12 @@ def reward_models_stage(
     spec: RewardModelsSpec,
     work: Path,
     show_progress: bool,
-) -> dict[str, Any]:
+) -> RewardModelsSummary:
     """One regressor per target (RV, CD) from the student, on the processed traces' judge scores."""
     from branchmerge.train.reward_model import train_reward_model
 
     traces = read_jsonl(processed, Trace)
-    summary: dict[str, Any] = {}
+    fits: dict[str, RewardFit] = {}
     for target in spec.targets:
         r = train_reward_model(
             traces,
@@ -188,14 +206,14 @@ def reward_models_stage(
             label=f"reward-{target}",
             show_progress=show_progress,
         )
-        summary[target] = {
-            "train": r.train,
-            "heldout": r.heldout,
-            "skipped": r.skipped,
-            "mae": round(r.mae, 4),
-            "spearman": None if r.spearman is None else round(r.spearman, 4),
-        }
-    return summary
+        fits[target] = RewardFit(
+            train=r.train,
+            heldout=r.heldout,
+            skipped=r.skipped,
+            mae=round(r.mae, 4),
+            spearman=None if r.spearman is None else round(r.spearman, 4),
+        )
+    return RewardModelsSummary(fits)
 
 
 def grpo_stage(
@@ -205,7 +223,7 @@ def grpo_stage(
     spec: GRPOSpec,
     work: Path,
     show_progress: bool,
-) -> dict[str, Any]:
+) -> GRPOSummary:
     """GRPO from `start`; the RV / CD rewards come from the reward-model stage's regressors when there is one."""
     from branchmerge.train.grpo import train_grpo
 
@@ -226,13 +244,13 @@ def grpo_stage(
         label=spec.name,
         show_progress=show_progress,
     )
-    return {
-        "steps": r.steps,
-        "problems": r.problems,
-        "first_reward": round(r.first_reward, 4),
-        "last_reward": round(r.last_reward, 4),
-        "clipped_ratio": round(r.clipped_ratio, 4),
-    }
+    return GRPOSummary(
+        steps=r.steps,
+        problems=r.problems,
+        first_reward=round(r.first_reward, 4),
+        last_reward=round(r.last_reward, 4),
+        clipped_ratio=round(r.clipped_ratio, 4),
+    )
 
 
 def eval_stage(
@@ -245,7 +263,7 @@ def eval_stage(
     work: Path,
     show_progress: bool,
     engine: str = "auto",
-) -> dict[str, Any]:
+) -> EvalSummary:
     samples = evaluate_model(
         model_dir,
         problems,
@@ -258,4 +276,4 @@ def eval_stage(
         **sampling,
     )
     table = accuracy_table(samples)[name]
-    return {"accuracy": {d: round(a, 4) for d, (a, _) in table.items()}, "samples": len(samples)}
+    return EvalSummary(accuracy={d: round(a, 4) for d, (a, _) in table.items()}, samples=len(samples))

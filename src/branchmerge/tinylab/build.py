@@ -85,7 +85,7 @@ class Example:
 
 
 def assistant_content(problem: Problem) -> str:
-    """The Qwen3 thinking layout the teacher writes and the student learns (DESIGN.md, SFT example)."""
+    """The Qwen3 thinking layout the teacher writes and the student learns (the SFTExample record)."""
     return f"<think>\n{problem.meta['solution']}\n</think>\n\n{problem.reference}"
 
 

@@ -1,4 +1,4 @@
-"""GRPO of a student on problems through TRL's GRPOTrainer, with DistilQwen's reward (DESIGN.md method 3)
+"""GRPO of a student on problems through TRL's GRPOTrainer, with DistilQwen's reward (README, "Shipped recipes")
 
     R = R_fmt + R_acc + λ_RV·R_RV + λ_CD·R_CD,   R_x = −|f_x − clip(f_x, L_x, H_x)|
 

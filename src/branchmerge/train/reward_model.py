@@ -1,4 +1,4 @@
-"""RV and CD reward models (DistilQwen, DESIGN.md method 3): a regressor from a problem and a trace to the
+"""RV and CD reward models (DistilQwen; README, "Shipped recipes": adaptive-thinking): a regressor from a problem and a trace to the
 trace's Reasoning Verbosity or Cognitive Difficulty score (0–9), which GRPO turns into the range reward
 R_x = −|f_x − clip(f_x, L_x, H_x)| through `load_scorer` and `rewards.range_reward`.
 

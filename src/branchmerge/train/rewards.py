@@ -1,4 +1,4 @@
-"""Reward functions for TRL's GRPOTrainer (`reward_funcs=`), DESIGN.md's
+"""Reward functions for TRL's GRPOTrainer (`reward_funcs=`), DistilQwen's
 R = R_fmt + R_acc + λ_RV·R_RV + λ_CD·R_CD with R_x = −|f_x − clip(f_x, L_x, H_x)|.
 
 Each function takes `completions` (strings, or conversational lists of messages) and the dataset's columns as
@@ -63,7 +63,7 @@ def accuracy_reward(
 
 
 def range_reward(scorer: Scorer, low: float, high: float, name: str) -> RewardFunc:
-    """R = −|f − clip(f, low, high)|: 0 inside [low, high], minus the distance outside (DESIGN.md)."""
+    """R = −|f − clip(f, low, high)|: 0 inside [low, high], minus the distance outside (DistilQwen's range reward)."""
     if low > high:
         raise ValueError(f"{name}: low {low} > high {high}")
 

@@ -1,5 +1,5 @@
-"""The 10-domain benchmark of the two-teacher SLERP seed, as its Parquet file publishes it:
-columns question_category, difficulty_level, question, guide_text, answer, success_criteria.
+"""The 10-domain benchmark of the two-teacher SLERP seed, as its Parquet file publishes it (README, "Evaluation":
+`ten-domain`): columns question_category, difficulty_level, question, guide_text, answer, success_criteria.
 
 The file is accepted as is: the domain is the category in snake case ("Logical Reasoning" ->
 "logical_reasoning"), the level is difficulty_level (1-10, or "Level N"), and guide_text, success_criteria and

@@ -1,7 +1,7 @@
 """Arcee Fusion as the TinyR1 paper writes it: update the left model only where the importance is an outlier.
 
 Sun et al., "TinyR1-32B-Preview: Boosting Accuracy with Branch-Merge Distillation", arXiv:2503.04872, Merge
-Phase (Arcee Fusion), as restated in DESIGN.md. Left = base_model (theta_L), right = the other model
+Phase (Arcee Fusion), eq. (1); README, "Arcee Fusion: which formula". Left = base_model (theta_L), right = the other model
 (theta_R); per tensor, over the flattened weights:
 
     p = softmax(theta_L) + 1e-8,  q = softmax(theta_R) + 1e-8                  (1)
@@ -14,7 +14,7 @@ Quantiles are exact (linear interpolation between order statistics, as `torch.qu
 `kthvalue`, which has no size limit, so the result is deterministic. Sequential merging of several experts,
 ((A & B) & C), is several two-model merges.
 
-Sign convention, flagged for review: (3) is implemented literally as DESIGN.md states it, S = KL (theta_L -
+Sign convention, flagged for review: (3) is implemented literally as the paper prints it, S = KL (theta_L -
 theta_R). Because KL is one non-negative scalar per tensor, it only rescales S: when KL > 0 the selected
 coordinates are exactly those where theta_L - theta_R is an upper outlier, i.e. where the right model moved the
 weight *down* the most; coordinates it moved up are never taken. The reverse sign (theta_R - theta_L) would take

@@ -4,9 +4,9 @@ Every such method works on task vectors delta_t = theta_t - theta_base and diffe
   - how each delta is sparsified: not at all (task arithmetic), keep the top-k by magnitude (TIES's "trim"),
     or drop entries at random (DARE), optionally rescaled so the L1 norm is unchanged;
   - whether entries are combined only where they agree with an elected sign (TIES's "elect" + "disjoint merge").
-So a method file picks a `TaskVectorSettings` and this module does the rest (STYLE.md, practice 15).
+So a method file picks a `TaskVectorSettings` and this module does the rest (variants are settings, not copies).
 
-Conventions follow mergekit 0.1.5's generalized task arithmetic (DESIGN.md):
+Conventions follow mergekit 0.1.5's generalized task arithmetic:
   - k = max(1, int(density * numel)) entries are kept by magnitude when 0 < density < 1; density <= 0 keeps none;
   - `rescale` multiplies a sparsified delta by |delta|_1 / |kept|_1 (skipped when either is < 1e-7), which is
     what mergekit does for DARE instead of the paper's 1 / density;
