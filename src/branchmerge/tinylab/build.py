@@ -73,6 +73,13 @@ TEACHER_PLAN = TrainPlan(steps=1200, batch_size=64, lr=2e-3, warmup_steps=60)
 # items, and fails most long ones (27% / 19% / 51% greedy on held-out add / sort / compare).
 STUDENT_SHAPE = TEACHER_SHAPE
 STUDENT_PLAN = TrainPlan(steps=300, batch_size=64, lr=2e-3, warmup_steps=30)
+# Then the generalist pass: the student continues on every domain, as a data-mixture SFT would (full weights,
+# batch 32, cosine to 0), on items of its own seed. The shipped student base is the result: competent on every
+# domain, as a distilled generalist is before Branch-Merge, with room left on the longer items.
+GENERALIST_PLAN = TrainPlan(
+    steps=250, batch_size=32, lr=1e-3, warmup_steps=10, weight_decay=0.0, min_lr_ratio=0.0
+)
+GENERALIST_THREADS = 1  # pinned: bit-for-bit reruns need one thread count, and one is fastest on a busy machine
 # What the demo does to the student (recipes/demo.yaml: full SFT, 150 steps, batch 32, lr 1e-3, cosine to 0).
 EXPERT_PLAN = TrainPlan(steps=150, batch_size=32, lr=1e-3, warmup_steps=5, weight_decay=0.0, min_lr_ratio=0.0)
 EXPERT_PROBLEMS = 200  # demo.yaml train_per_domain; each trace twice (two sampling temperatures)
@@ -244,8 +251,30 @@ def train_checkpoint(
 def training_questions(seed: int = DEFAULT_SEED) -> set[str]:
     """Every question the teacher or the student base saw when built from `seed` (held-out sets exclude them)."""
     return {
-        p.question for p in training_problems(seed, TEACHER_PLAN) + training_problems(seed + 1, STUDENT_PLAN)
+        p.question
+        for p in training_problems(seed, TEACHER_PLAN)
+        + training_problems(seed + 1, STUDENT_PLAN)
+        + training_problems(seed + 2, GENERALIST_PLAN)
     }
+
+
+def generalist_pass(
+    student: Path, out_dir: Path, seed: int = DEFAULT_SEED, progress: Progress | None = None
+) -> None:
+    """Continue `student` on every domain (`GENERALIST_PLAN`, items of seed + 2) and save it to `out_dir`.
+
+    Runs on `GENERALIST_THREADS` threads whatever the caller set, and restores the caller's count after.
+    """
+    tokenizer = build_tokenizer()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(GENERALIST_THREADS)
+    try:
+        model = Qwen3ForCausalLM.from_pretrained(student, dtype=torch.float32)
+        examples = encode_problems(tokenizer, training_problems(seed + 2, GENERALIST_PLAN))
+        train(model, examples, GENERALIST_PLAN, tokenizer.pad_token_id, seed + 2, progress, "generalist")
+        save_checkpoint(model, tokenizer, out_dir)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def evaluate_dir(model_dir: Path, heldout: dict[str, list[Problem]], temperatures: Sequence[float]) -> dict:
