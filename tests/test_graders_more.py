@@ -120,7 +120,7 @@ def test_code_timeouts_errors_and_early_exits_fail():
     g = grade("def add(a, b) return a", "", ADD_TESTS)
     assert not g.passed and "SyntaxError" in g.detail
     g = grade("import os\ndef add(a, b):\n    return a + b\nos._exit(0)\n", "", ADD_TESTS)
-    assert not g.passed and "ended before the tests finished" in g.detail
+    assert not g.passed and "ended before the tests finished" in g.detail and "test 0" in g.detail
 
 
 def test_code_stdin_tests_compare_whitespace_normalised_stdout():
@@ -223,6 +223,32 @@ def test_grade_many_keeps_order_and_matches_sequential_grading():
         ("\\boxed{3}", "\\left( 3, \\frac{\\pi}{2} \\right)", False),
         ("10\\sqrt{2}", "10", False),  # and a bare answer as its last number
         ("The answer is 5.", "5", True),
+        # a matrix or vector compares as a matrix, not as its last number
+        (
+            "\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}",
+            "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+            True,
+        ),
+        ("\\boxed{2}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", False),
+        (
+            "\\boxed{\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}}",
+            "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+            False,
+        ),
+        (
+            "\\boxed{\\begin{pmatrix} 1 & 3 \\\\ 2 & 4 \\end{pmatrix}}",
+            "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+            False,
+        ),
+        # currency and units
+        ("\\boxed{18.90}", "\\$18.90", True),
+        ("The total is \\$18.90.", "\\$18.90", True),
+        ("\\boxed{18.80}", "\\$18.90", False),
+        ("\\boxed{5\\text{ cm}}", "5", True),
+        # a box inside the thinking with nothing after </think> is no answer
+        ("So \\boxed{18}</think>", "18", False),
+        ("<think>So \\boxed{18}", "18", False),
+        ("So \\boxed{17}</think>\n\n\\boxed{18}", "18", True),
     ],
 )
 def test_math_reads_bare_latex_whole_not_as_its_last_number(

@@ -1,3 +1,5 @@
+import pytest
+
 from branchmerge.cot.verify import verify_traces
 from branchmerge.graders import grade
 from branchmerge.records import Problem, Trace
@@ -105,3 +107,38 @@ def test_verify_grades_math_code_and_choice_problems_with_their_graders():
         "math": (1, 1),
         "science": (1, 1),
     }
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference", "passes"),
+    [
+        ("The answer is 18.", "18", True),
+        ("\\boxed{18}", "18", True),
+        ("She sells 9 eggs at $2 each.\n#### 18", "18", True),
+        ("18 dollars", "18", True),
+        ("So she makes 9 * 2 = $18 every day.", "18", True),
+        ("It costs $1,500 in total.", "1500", True),
+        ("\\boxed{\\$18.90}", "18.9", True),
+        ("The answer is 5 apples + 3 pears = 8 fruits.", "8", True),  # the result after the last "="
+        ("The answer is not 18, it's 20.", "18", False),  # a number after "not" is ruled out
+        ("The answer is 18 or 20.", "18", False),  # two alternatives are no answer
+        ("The answer is between 18 and 20.", "18", False),
+        ("The answer is 18.5", "18", False),
+        ("16 - 3 - 4 = 9, so the answer is 9.", "18", False),  # the last stated answer, not any number
+        ("Let me see: \\boxed{18}</think>", "18", False),  # the only box is inside the thinking
+        ("<think>It is \\boxed{18}", "18", False),  # cut off while thinking
+    ],
+)
+def test_numeric_final_answer_mode_reads_the_final_statement(
+    answer: str, reference: str, passes: bool
+) -> None:
+    assert grade(answer, reference, {"type": "numeric", "final": True}).passed is passes
+
+
+def test_numeric_whole_answer_allows_currency_and_units_only():
+    spec = {"type": "numeric"}
+    assert grade("$18", "18", spec).passed
+    assert grade("\\$18.90", "18.9", spec).passed
+    assert grade("25%", "25", spec).passed
+    assert not grade("18 or so", "18", spec).passed
+    assert not grade("The answer is 18.", "18", spec).passed  # whole-answer mode wants the number alone

@@ -97,6 +97,10 @@ def test_gsm8k_reference_is_the_number_after_the_hashes(tmp_path: Path) -> None:
     assert problems[1].meta["solution"] == "It costs 1,000 + 234."
     assert grade("1,234", problems[1].reference, problems[1].grader).passed
     assert not grade("1235", problems[1].reference, problems[1].grader).passed
+    # The question asks for a final answer, and prose answers are read for their final number.
+    assert problems[0].question.startswith("How many?") and "\\boxed{}" in problems[0].question
+    assert grade("Three boxes of four: the answer is 12.", "12", problems[0].grader).passed
+    assert grade("So it is \\boxed{1,234} dollars.", problems[1].reference, problems[1].grader).passed
     bad = write_jsonl(tmp_path / "bad.jsonl", [rows[0], {"question": "q", "answer": "just 5"}])
     with pytest.raises(BranchmergeError, match=r"bad\.jsonl: row 1: column 'answer': no '#### N'"):
         load_set("gsm8k", bad)
@@ -133,7 +137,8 @@ def test_gpqa_shuffles_options_deterministically_and_the_letter_points_at_the_co
         assert sorted(p.meta["choices"].values()) == sorted([f"right {i}"] + [f"wrong {i}{x}" for x in "abc"])
         lines = p.question.splitlines()
         assert lines[0] == f"Which particle {i}?"
-        assert lines[-4:] == [f"{k}) {p.meta['choices'][k]}" for k in "ABCD"]
+        assert lines[-6:-2] == [f"{k}) {p.meta['choices'][k]}" for k in "ABCD"]
+        assert "letter of the correct option" in lines[-1]
         assert grade(f"The answer is ({p.reference}).", p.reference, p.grader).passed
     assert len({p.reference for p in problems}) > 1  # the correct letter is not always A
     assert len({tuple(p.meta["choices"].values()) for p in problems}) > 1  # permutations vary across items
@@ -296,10 +301,13 @@ def test_ten_domain_parquet_as_published(tmp_path: Path) -> None:
     )
     assert math.meta["guide_text"] == "Multiply." and math.meta["success_criteria"] == "States 42."
     assert grade("\\boxed{42}", math.reference, math.grader).passed
-    assert (ethics.domain, ethics.level, ethics.grader["type"]) == ("ethical_dilemma_evaluation", 9, "exact")
+    # Free-text categories are judged against the reference and the success criteria, not exact-matched.
+    assert (ethics.domain, ethics.level, ethics.grader["type"]) == ("ethical_dilemma_evaluation", 9, "judge")
+    assert ethics.grader["item"] == ethics.id and ethics.grader["question"] == "Should the AI lie?"
+    assert "Names two frameworks." in ethics.grader["rubric"]
     assert ethics.meta["category"] == "Ethical Dilemma Evaluation"
     assert "success_criteria" in ethics.meta["grader_choice"]
-    assert prose.grader["type"] == "exact" and "does not parse" in prose.meta["grader_choice"]
+    assert prose.grader["type"] == "judge" and "does not parse" in prose.meta["grader_choice"]
     bad = write_parquet(tmp_path / "bad.parquet", [{**rows[0], "difficulty_level": "hard"}])
     with pytest.raises(
         BranchmergeError, match=r"bad\.parquet: row 0: column 'difficulty_level': level 'hard'"

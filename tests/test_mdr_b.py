@@ -76,7 +76,9 @@ def test_constraints_detail_names_the_first_broken_one_and_bad_specs_are_errors(
         "constraint 2 (lines: exactly 2 non-empty lines) broken: has 3"
     )
     assert not grade("   ", "", spec).passed and grade("  ", "", spec).detail == "empty answer"
-    with pytest.raises(ValueError, match=r"constraint 1 has kind 'rhyme' \(known: min_words, .*no_letter\)"):
+    with pytest.raises(
+        ValueError, match=r"constraint 1 has kind 'rhyme' \(known: min_words, .*no_letter, topic, prose\)"
+    ):
         grade("x", "", cons({"kind": "rhyme"}))
     with pytest.raises(ValueError, match=r"constraint 2 \(acrostic\) needs word"):
         grade("x", "", cons({"kind": "lines", "n": 1}, {"kind": "acrostic"}))
@@ -268,7 +270,25 @@ def test_writing_hand_written_texts_and_generated_witnesses_meet_their_constrain
             assert not grade(f"{p.reference} {banned}", "", p.grader).passed
     hard = writing.generate(10, 0).grader["constraints"]
     assert {"acrostic", "no_letter"} <= {c["kind"] for c in hard} and len(hard) >= 9
-    assert len(writing.generate(1, 0).grader["constraints"]) <= 2
+    assert len(writing.generate(1, 0).grader["constraints"]) <= 4  # one or two constraints + topic + prose
+
+
+def test_writing_fails_refusals_word_salad_and_other_topics() -> None:
+    """Texts that meet a loose word limit but are not the piece: each item's content checks fail them."""
+    salad = "amber birch copper dune ember falcon granite harbor lantern meadow"
+    for p in writing.items() + [writing.generate(lvl, s) for lvl in range(1, 11) for s in range(3)]:
+        topic = next(c for c in p.grader["constraints"] if c["kind"] == "topic")["words"]
+        refusal = f"I'm sorry, but I can't write a piece about the {topic[0]} with these rules."
+        for bad, why in ((refusal, "refusal"), (f"{salad} {topic[0]}", "list of words")):
+            g = grade(bad, "", {"type": "constraints", "constraints": [{"kind": "prose"}]})
+            assert not g.passed and why in g.detail, (p.id, bad, g.detail)
+            assert not grade(bad, "", p.grader).passed
+    off_topic = "The tax office opened at nine, and the clerk filed the forms in a grey box."
+    g = grade(off_topic, "", {"type": "constraints", "constraints": writing.items()[0].grader["constraints"]})
+    assert not g.passed and "names none of" in g.detail
+    lamp = {"type": "constraints", "constraints": [{"kind": "topic", "words": ["lamp"]}]}
+    assert grade("Two lamps glow on the quay.", "", lamp).passed  # a plural names the topic too
+    assert not grade("A lampshade on the quay.", "", lamp).passed
 
 
 @pytest.mark.parametrize("module", [scenario, ethics])
@@ -298,3 +318,16 @@ def test_grade_many_sends_judge_items_to_the_configured_judge_in_one_batch(judge
     ]
     grades = grade_many(items, workers=2)
     assert [g.passed for g in grades] == [True, True, False] and len(calls) == 2
+
+
+def test_a_number_graded_to_some_decimals_says_so_in_the_question() -> None:
+    for module in (science, causal):
+        for p in module.items() + [module.generate(lvl, s) for lvl in range(1, 11) for s in range(10)]:
+            decimals = len(p.reference.partition(".")[2])
+            if p.grader["type"] == "regex" and decimals:
+                places = f"to {decimals} decimal place{'s' if decimals > 1 else ''}."
+                assert places in p.question, (p.id, p.reference)
+    sound = science.items()[5]
+    assert sound.reference == "2.058" and "to 3 decimal places" in sound.question
+    assert not grade("Answer: 2.06 km", sound.reference, sound.grader).passed
+    assert grade("Answer: 2.058 km", sound.reference, sound.grader).passed

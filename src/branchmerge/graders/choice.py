@@ -7,15 +7,16 @@ with a detail, when no option is found, or when the answer names two different o
 ("A or B", "Answer: A, C", or two different options mentioned and no statement saying which).
 
 An uppercase "A" or "I" followed by a lowercase word is read as an English word, not an option ("A good plan
-is..."), except right after an "answer is" cue; lowercase options count only right after a cue or alone.
+is..."), except right after an "answer is" cue; lowercase options count only right after a cue or alone; an
+option right after "not" is ruled out, not chosen ("The answer is not A."). Like every grader, it reads
+only the text after the last `</think>` (`base.grade`); an answer cut off inside `<think>` fails.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 
 DEFAULT_CHOICES = ("A", "B", "C", "D")
 _CUE = re.compile(
@@ -76,6 +77,8 @@ def extract_choice(answer: str, choices: tuple[str, ...] = DEFAULT_CHOICES) -> t
         c = m.group("c")
         if c in _WORDLIKE and re.match(r"\s+[a-z]", text[m.end() :]):
             continue
+        if re.search(r"\bnot\s+(?:option\s+)?[\(\*]*$", text[: m.start()], re.IGNORECASE):
+            continue  # "the answer is not A" rules A out
         mentioned.append(c)
     distinct = sorted(set(mentioned))
     if len(distinct) == 1:
@@ -85,8 +88,12 @@ def extract_choice(answer: str, choices: tuple[str, ...] = DEFAULT_CHOICES) -> t
     return None, f"no option ({', '.join(choices)}) found in {text[-60:]!r}"
 
 
-def grade_choice(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
-    choices = tuple(str(c) for c in spec.get("choices", DEFAULT_CHOICES))
+class ChoiceSpec(GraderSpec):
+    choices: tuple[str | int, ...] = DEFAULT_CHOICES
+
+
+def grade_choice(answer: str, reference: str, spec: ChoiceSpec) -> Grade:
+    choices = tuple(str(c) for c in spec.choices)
     want = _canon(reference.strip(), choices)
     if want is None:
         raise ValueError(f"choice grader: reference {reference!r} is not one of the choices {list(choices)}")
@@ -94,3 +101,6 @@ def grade_choice(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
     if got is None:
         return Grade(False, why)
     return Grade(got == want, "" if got == want else f"got {got}, want {want}")
+
+
+CHOICE = Grader("choice", ChoiceSpec, grade_choice)

@@ -13,6 +13,9 @@ Spec: {"type": "constraints", "constraints": [{"kind": "max_words", "n": 60}, {"
 | acrostic | word | the first letters of the non-empty lines spell `word` (any case), one line per letter |
 | starts_with / ends_with | text | the first / last words of the text are the words of `text` (any case, punctuation ignored) |
 | no_letter | letter | the letter never occurs (any case): a lipogram |
+| topic | words | at least one of the words occurs (whole word, any case, a plural "-s"/"-es" counts): on topic |
+| prose | (none) | a piece of writing: no refusal ("I'm sorry, I can't ..."); function words ("the", "of", ...) |
+| | | make at least a fifth of the words and occur in most lines, so a keyword list (word salad) fails |
 
 A word is a run of letters and digits, with inner apostrophes or hyphens ("don't", "well-lit" are one word). A
 sentence is a stretch of text with at least one word, ended by `.`, `!`, `?` (or the end of the text), so a
@@ -26,7 +29,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 _SENTENCE_END = re.compile(r"[.!?…]+(?=[\s\"'”’)\]]|$)")
@@ -49,6 +52,43 @@ def _has_phrase(text: str, phrase: str) -> bool:
     # whole words as `words` sees them: "gull" is not in "gull's", "well" not in "well-lit"
     edge_l, edge_r = r"(?<![^\W_])(?<![^\W_]['’-])", r"(?!['’-]?[^\W_])"
     return re.search(edge_l + body + edge_r, text, re.IGNORECASE) is not None
+
+
+# Words that carry grammar rather than content: sentences and verse lines use them, keyword lists do not.
+_FUNCTION_WORDS = """a an the and or but nor so yet of in on at to for from by with into onto over under through
+    across along past until as than like up down out off about above below near after before while when where then there here
+    this that these those it its he she they we i you his her their our my your me him them us is are was were be
+    been am has have had do does did will would can could may might must shall should not no all each every some
+    any one"""
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
+_REFUSAL = re.compile(
+    r"\b(?:i\s*(?:am|'m|’m)\s+(?:sorry|unable|not able)|i\s+(?:can(?:'|’|no)t|won(?:'|’)t|will not)\s+"
+    r"(?:write|help|comply|assist|create|provide|produce)|as an ai\b)",
+    re.IGNORECASE,
+)
+MIN_FUNCTION_SHARE = 0.2
+
+
+def _topic(text: str, c: dict[str, Any]) -> str:
+    found = any(
+        _has_phrase(text, w) or _has_phrase(text, w + "s") or _has_phrase(text, w + "es") for w in c["words"]
+    )
+    return "" if found else f"names none of {', '.join(repr(w) for w in c['words'])}"
+
+
+def _prose(text: str, c: dict[str, Any]) -> str:
+    if _REFUSAL.search(text):
+        return "it is a refusal, not the piece"
+    ws = [w.casefold() for w in words(text)]
+    share = sum(w in FUNCTION_WORDS for w in ws) / max(len(ws), 1)
+    if share < MIN_FUNCTION_SHARE:
+        return f"it reads as a list of words ({share:.0%} function words such as 'the', 'of', 'and')"
+    bare = [line for line in lines(text) if not any(w.casefold() in FUNCTION_WORDS for w in words(line))]
+    if 2 * len(bare) > len(
+        lines(text)
+    ):  # a verse line may be a bare image ("Grey city rain"), not most lines
+        return f"{len(bare)} of {len(lines(text))} lines are lists of words (first: {bare[0]!r})"
+    return ""
 
 
 def _plural(n: int, noun: str) -> str:
@@ -139,6 +179,12 @@ _KINDS: dict[
         _no_letter,
         lambda c: f"never use the letter {str(c['letter']).lower()!r} (upper or lower case)",
     ),
+    "topic": (
+        ("words",),
+        _topic,
+        lambda c: "stay on the topic: name at least one of " + ", ".join(repr(w) for w in c["words"]),
+    ),
+    "prose": ((), _prose, lambda c: "write the piece itself in phrases and sentences, not a list of words"),
 }
 KINDS = tuple(_KINDS)
 
@@ -159,8 +205,12 @@ def describe(constraint: dict[str, Any]) -> str:
     return _checked(constraint, 0)[1](constraint)
 
 
-def grade_constraints(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
-    constraints = spec.get("constraints")
+class ConstraintsSpec(GraderSpec):
+    constraints: Any = None  # a list of {"kind", ...fields}: checked one by one below, each error numbered
+
+
+def grade_constraints(answer: str, reference: str, spec: ConstraintsSpec) -> Grade:
+    constraints = spec.constraints
     if not isinstance(constraints, list) or not constraints:
         raise ValueError("constraints grader: the spec needs a non-empty 'constraints' list")
     checks = [_checked(c, i) for i, c in enumerate(constraints, start=1)]  # a bad spec fails before grading
@@ -171,3 +221,6 @@ def grade_constraints(answer: str, reference: str, spec: dict[str, Any]) -> Grad
         if wrong:
             return Grade(False, f"constraint {i} ({c['kind']}: {text(c)}) broken: {wrong}")
     return Grade(True, "")
+
+
+CONSTRAINTS = Grader("constraints", ConstraintsSpec, grade_constraints)

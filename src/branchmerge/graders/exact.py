@@ -6,9 +6,13 @@ Spec: {"type": "exact", "case_sensitive": true, "extract": "<regex with one grou
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
+
+
+class ExactSpec(GraderSpec):
+    case_sensitive: bool = True
+    extract: str | None = None  # a regex; its first group (else the whole match) is the answer
 
 
 def normalize(text: str, case_sensitive: bool = True) -> str:
@@ -16,9 +20,9 @@ def normalize(text: str, case_sensitive: bool = True) -> str:
     return text if case_sensitive else text.casefold()
 
 
-def grade_exact(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
-    case = bool(spec.get("case_sensitive", True))
-    pattern = spec.get("extract")
+def grade_exact(answer: str, reference: str, spec: ExactSpec) -> Grade:
+    case = spec.case_sensitive
+    pattern = spec.extract
     if pattern:
         m = re.search(pattern, answer)
         if not m:
@@ -28,3 +32,6 @@ def grade_exact(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
     if not got:
         return Grade(False, "empty answer")
     return Grade(got == want, "" if got == want else f"got {got!r}, want {want!r}")
+
+
+EXACT = Grader("exact", ExactSpec, grade_exact)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 from branchmerge.judge.rubric import Item, Ruling, rule_many
 
 
@@ -22,5 +22,19 @@ def judge_many(items: Sequence[Item], show_progress: bool = False) -> list[Grade
     return [_grade(r) for r in rule_many(items, show_progress)]
 
 
-def grade_judge(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
-    return judge_many([(answer, reference, spec)])[0]
+class JudgeSpec(GraderSpec):
+    """Checked by `branchmerge.judge.rubric` (`_request`: question, rubric, threshold; `_setup`: judge) when judged."""
+
+    question: Any = None
+    rubric: Any = None
+    item: str = "-"
+    threshold: Any = None
+    prompt_version: int | None = None
+    judge: Any = None
+
+
+def grade_judge(answer: str, reference: str, spec: JudgeSpec) -> Grade:
+    return judge_many([(answer, reference, spec.model_dump(exclude_unset=True))])[0]
+
+
+JUDGE = Grader("judge", JudgeSpec, grade_judge, needs_judge=True)

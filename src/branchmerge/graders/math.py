@@ -7,6 +7,12 @@ Spec: {"type": "math", "timeout_s": 5}. The reference and the answer are each pa
 "\\frac{1}{2}" are the same answer. An answer with nothing parseable fails with a detail saying so; a reference
 with nothing parseable is a data error and raises ValueError (as the numeric grader does).
 
+Only the final answer is graded (`base.grade`, for every grader): the text after the last `</think>`; an
+answer that opened `<think>` and never closed it, or has nothing after `</think>`, fails as no answer, even when
+a `\\boxed{}` sits inside the thinking. Matrices and vectors (`\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}`) compare as
+matrices, entry by entry and shape included, never as their last number; an escaped dollar (`\\$18.90`) is a
+currency sign, and units in `\\text{}` are ignored by math-verify (`5\\text{ cm}` is 5).
+
 Time limits: math-verify enforces its timeouts with `signal.alarm`, which only works in a process's main thread
 and raises ValueError anywhere else (a server's thread pool, `grade` called from a ThreadPoolExecutor). So the
 grader passes `timeout_s` to math-verify only in the main thread and `None` (no limit) elsewhere. Grading many
@@ -20,12 +26,14 @@ import re
 import threading
 from typing import Any
 
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 
 # A bare string worth retrying as `$...$`: has LaTeX or math syntax, or is a lone variable. Plain words are not
 # retried, since math-verify would read "blah" as the product b*a*h*l.
 _MATHY = re.compile(r"[\\^_{}=+\-*/\d]|^\s*[A-Za-z]\s*$")
 _WORD = re.compile(r"[A-Za-z]{3,}")
+# LaTeX that names things without being prose: environments (pmatrix), text and roman runs (units).
+_LATEX_NAMES = re.compile(r"\\(?:begin|end|text|mathrm|textbf|mbox|operatorname)\s*\{[^{}]*\}|\\[A-Za-z]+")
 
 
 def _bare_math(text: str) -> bool:
@@ -33,13 +41,17 @@ def _bare_math(text: str) -> bool:
     extraction reads such a string as its last number, so it is parsed as `$...$` first."""
     if "$" in text or "\\boxed" in text or not _MATHY.search(text):
         return False
-    return not _WORD.search(re.sub(r"\\[A-Za-z]+", "", text))
+    return not _WORD.search(_LATEX_NAMES.sub("", text))
 
 
-def _limit(spec: dict[str, Any]) -> int | None:
+class MathSpec(GraderSpec):
+    timeout_s: int = 5
+
+
+def _limit(spec: MathSpec) -> int | None:
     if threading.current_thread() is not threading.main_thread():
         return None  # signal.alarm is main-thread only (see the module docstring)
-    return int(spec.get("timeout_s", 5))
+    return spec.timeout_s
 
 
 def parse_math(text: str, timeout_s: int | None) -> list[Any]:
@@ -50,6 +62,8 @@ def parse_math(text: str, timeout_s: int | None) -> list[Any]:
         found = parse(s, parsing_timeout=timeout_s)  # type: ignore[arg-type]
         return list(found) if any(not isinstance(x, str) for x in found) else []
 
+    if "\\$" in text and "$" not in text.replace("\\$", ""):
+        text = text.replace("\\$", "")  # a currency sign, not a delimiter: "\\$18.90" is 18.90
     wrapped = f"${text.strip()}$"
     if _bare_math(text):
         return attempt(wrapped) or attempt(text)
@@ -59,17 +73,18 @@ def parse_math(text: str, timeout_s: int | None) -> list[Any]:
     return found
 
 
-def grade_math(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
+def grade_math(answer: str, reference: str, spec: MathSpec) -> Grade:
     from math_verify import verify
 
     limit = _limit(spec)
     gold = parse_math(reference, limit)
     if not gold:
         raise ValueError(f"math grader: reference {reference!r} could not be parsed as math")
-    if not answer.strip():
-        return Grade(False, "empty answer")
     got = parse_math(answer, limit)
     if not got:
         return Grade(False, f"could not parse the answer as math: {answer.strip()[-60:]!r}")
     ok = verify(gold, got, timeout_seconds=limit)
     return Grade(ok, "" if ok else f"got {got[-1]!s:.60}, want {gold[-1]!s:.60}")
+
+
+MATH = Grader("math", MathSpec, grade_math)

@@ -17,9 +17,6 @@ from branchmerge.graders.base import Grade, grade
 
 # Graders that take microseconds: a process round trip would cost more than the grading.
 INLINE = frozenset({"exact", "numeric", "choice", "regex", "constraints", "plan"})
-# LLM-judge items wait on an endpoint, not a core: they go to the judge's own concurrent batch in this process
-# (where `configure_judge` set the default judge), not to the pool.
-JUDGED = "judge"
 
 Item = tuple[str, str, dict[str, Any]]
 
@@ -49,9 +46,11 @@ def grade_many(items: list[Item], workers: int | None = None, errors: str = "rai
     workers = workers or os.cpu_count() or 1
     one = _grade_or_error if errors == "record" else _grade_item
     kinds = [spec.get("type", "exact") for _, _, spec in items]
-    heavy = [i for i, k in enumerate(kinds) if k not in INLINE and k != JUDGED]
+    # LLM-judge items wait on an endpoint, not a core: they go to the judge's own concurrent batch in this
+    # process (where `configure_judge` set the default judge), not to the pool.
+    judged = [i for i, k in enumerate(kinds) if GRADERS[k].needs_judge]
+    heavy = [i for i, k in enumerate(kinds) if k not in INLINE and not GRADERS[k].needs_judge]
     results: list[Grade | None] = [None] * len(items)
-    judged = [i for i, k in enumerate(kinds) if k == JUDGED]
     if judged:
         from branchmerge.graders.judge import judge_many
 

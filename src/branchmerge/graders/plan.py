@@ -14,10 +14,10 @@ The instance travels in the spec, so the grader needs nothing else (the referenc
   Objective (minimised): total distance (`distance[i][j]` between `places[i]` and `places[j]`).
 
 Reading the plan: the last line that starts with "Plan:" (any case; markdown `**`, `#`, `>` and backticks
-ignored); without one, an answer of a single line is the plan. Names are separated by commas or arrows (`->`,
-`→`), matched case-insensitively; "none" is an empty plan. The answer passes when every constraint holds and the
-objective equals the spec's `optimum`; otherwise the detail names the first violated constraint, or the objective
-against the optimum. `check_plan` is the same check on a parsed plan, used by generators to find the optimum.
+ignored); without one, an answer of a single line is the plan. Names are separated by commas, "and" or arrows
+(`->`, `→`), matched case-insensitively; "none" is an empty plan. The answer passes when every constraint holds
+and the objective equals the spec's `optimum`; otherwise the detail names the first violated constraint, or the
+objective against the optimum. `check_plan` is the same check on a parsed plan, used by generators to find the optimum.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import re
 from collections import Counter
 from typing import Any
 
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 
 KINDS = ("knapsack", "schedule", "route")
 _PLAN_LINE = re.compile(r"^[\s>#*_`-]*plan[\s*_`]*:(.*)$", re.IGNORECASE | re.MULTILINE)
-_SEP = re.compile(r"\s*(?:,|->|→|=>)\s*")
+_SEP = re.compile(r"\s*(?:,\s*and\b|,|->|→|=>|\band\b)\s*", re.IGNORECASE)
 
 
 def parse_plan(answer: str) -> list[str] | None:
@@ -139,7 +139,15 @@ def check_plan(plan: list[str], spec: dict[str, Any]) -> tuple[str | None, int]:
     return _CHECKS[kind](plan, spec)
 
 
-def grade_plan(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
+class PlanSpec(GraderSpec):
+    """The instance's fields (items, jobs, places, ...) depend on `kind` and are checked by `check_plan`."""
+
+    kind: str | None = None
+    optimum: int | float | None = None
+
+
+def grade_plan(answer: str, reference: str, plan_spec: PlanSpec) -> Grade:
+    spec = plan_spec.model_dump(exclude_unset=True)
     if "optimum" not in spec:
         raise ValueError("plan grader: the spec has no 'optimum' (the best objective value)")
     plan = parse_plan(answer)
@@ -153,3 +161,6 @@ def grade_plan(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
         aim = "maximum" if spec["kind"] in MAXIMISE else "minimum"
         return Grade(False, f"objective: the plan is feasible but scores {value}; the {aim} is {best}")
     return Grade(True, "")
+
+
+PLAN = Grader("plan", PlanSpec, grade_plan)

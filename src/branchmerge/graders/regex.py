@@ -9,14 +9,18 @@ An answer that merely contains a match does not pass: fullmatch anchors the patt
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from branchmerge.graders.base import Grade
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 
 
-def grade_regex(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
-    pattern = spec.get("pattern", reference)
-    flags = 0 if spec.get("case_sensitive", True) else re.IGNORECASE
+class RegexSpec(GraderSpec):
+    pattern: str | None = None  # None: the reference is the pattern
+    case_sensitive: bool = True
+
+
+def grade_regex(answer: str, reference: str, spec: RegexSpec) -> Grade:
+    pattern = reference if spec.pattern is None else spec.pattern
+    flags = 0 if spec.case_sensitive else re.IGNORECASE
     try:
         compiled = re.compile(pattern, flags)
     except re.error as e:
@@ -26,3 +30,6 @@ def grade_regex(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
         return Grade(False, "empty answer")
     ok = compiled.fullmatch(got) is not None
     return Grade(ok, "" if ok else f"{got[:60]!r} does not match /{pattern}/")
+
+
+REGEX = Grader("regex", RegexSpec, grade_regex, needs_reference=lambda spec: spec.pattern is None)

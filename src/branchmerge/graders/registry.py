@@ -1,4 +1,5 @@
-"""The explicit grader registry (no import side effects)."""
+"""The explicit grader registry: every grader plug-in (base.Grader) by name, listed here and nowhere else (no
+import side effects). Adding a grader is one module with its spec model and plug-in object, and one line here."""
 
 from __future__ import annotations
 
@@ -6,28 +7,19 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from branchmerge.graders.base import Grader
-from branchmerge.graders.choice import grade_choice
-from branchmerge.graders.code import grade_code
-from branchmerge.graders.constraints import grade_constraints
-from branchmerge.graders.exact import grade_exact
-from branchmerge.graders.judge import grade_judge
-from branchmerge.graders.math import grade_math
-from branchmerge.graders.numeric import grade_numeric
-from branchmerge.graders.plan import grade_plan
-from branchmerge.graders.regex import grade_regex
-from branchmerge.graders.sql import grade_sql
+from branchmerge.graders.choice import CHOICE
+from branchmerge.graders.code import CODE
+from branchmerge.graders.constraints import CONSTRAINTS
+from branchmerge.graders.exact import EXACT
+from branchmerge.graders.judge import JUDGE
+from branchmerge.graders.math import MATH
+from branchmerge.graders.numeric import NUMERIC
+from branchmerge.graders.plan import PLAN
+from branchmerge.graders.regex import REGEX
+from branchmerge.graders.sql import SQL
 
-GRADERS: dict[str, Grader] = {
-    "exact": grade_exact,
-    "numeric": grade_numeric,
-    "math": grade_math,
-    "choice": grade_choice,
-    "regex": grade_regex,
-    "code": grade_code,
-    "sql": grade_sql,
-    "plan": grade_plan,
-    "constraints": grade_constraints,
-    "judge": grade_judge,
+GRADERS: dict[str, Grader[Any]] = {
+    g.name: g for g in (EXACT, NUMERIC, MATH, CHOICE, REGEX, CODE, SQL, PLAN, CONSTRAINTS, JUDGE)
 }
 
 

@@ -25,7 +25,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from branchmerge.graders.base import Grade
+from pydantic import Field
+
+from branchmerge.graders.base import Grade, Grader, GraderSpec
 from branchmerge.graders.sandbox import python_argv, run_sandboxed
 
 _FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -109,6 +111,13 @@ def _rows(rows: list[list[Any]]) -> list[tuple[Any, ...]]:
     return [tuple(_norm(v) for v in row) for row in rows]
 
 
+def same_result(got: list[Any], want: list[Any], ordered: bool) -> bool:
+    """Whether two query results are the same answer: as lists when `ordered`, else as multisets of rows, with
+    floats rounded to 6 decimals and integral floats equal to integers."""
+    g, w = _rows(got), _rows(want)
+    return g == w if ordered else Counter(g) == Counter(w)
+
+
 def _difference(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]], ordered: bool) -> str:
     head = f"got {len(got)} rows, want {len(want)}"
     if ordered and Counter(got) == Counter(want):
@@ -127,24 +136,33 @@ def _difference(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]], ordered
     return "; ".join(parts)
 
 
-def grade_sql(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
-    if ("schema" in spec) == ("db" in spec):
+class SqlSpec(GraderSpec):
+    schema_sql: str | None = Field(None, alias="schema")  # "schema" would shadow a BaseModel method
+    db: str | None = None
+    expected: list[list[Any]] | None = None
+    ordered: bool | None = None
+    timeout_s: float = 5
+    memory_mb: int = 1024
+
+
+def grade_sql(answer: str, reference: str, spec: SqlSpec) -> Grade:
+    if (spec.schema_sql is None) == (spec.db is None):
         raise ValueError(
             "sql grader: the spec needs exactly one of 'schema' (SQL script) or 'db' (a SQLite file)"
         )
     query = extract_sql(answer)
     if not query:
         return Grade(False, "empty answer")
-    expected = spec.get("expected")
+    expected = spec.expected
     if expected is None and not reference.strip():
         raise ValueError("sql grader: no reference query and no 'expected' rows")
-    timeout_s = float(spec.get("timeout_s", 5))
+    timeout_s = spec.timeout_s
     files: dict[str, str | bytes] = {"runner.py": _RUNNER}
-    if "db" in spec:
-        files["db.sqlite"] = Path(spec["db"]).read_bytes()
+    if spec.db is not None:
+        files["db.sqlite"] = Path(spec.db).read_bytes()
     cfg = {
-        "db": "db" in spec,
-        "schema": spec.get("schema", ""),
+        "db": spec.db is not None,
+        "schema": spec.schema_sql or "",
         "reference": None if expected is not None else reference,
         "answer": query,
         "timeout_s": timeout_s,
@@ -153,21 +171,27 @@ def grade_sql(answer: str, reference: str, spec: dict[str, Any]) -> Grade:
     files["config.json"] = json.dumps(cfg)
     run = run_sandboxed(
         files, python_argv("runner.py"), timeout_s=2 * timeout_s + 10, cpu_s=int(2 * timeout_s + 5),
-        memory_mb=int(spec.get("memory_mb", 1024)), file_mb=256, max_output_kb=256 * 1024,
+        memory_mb=spec.memory_mb, file_mb=256, max_output_kb=256 * 1024,
     )  # fmt: skip
     if run.returncode != 0 or run.timed_out:
         reason = run.killed_reason or (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]
         return Grade(False, f"the query could not be run: {reason}")
     out = json.loads(run.stdout)
     if "setup_error" in out:
-        source = f"database {spec['db']}" if "db" in spec else "schema script"
+        source = f"database {spec.db}" if spec.db is not None else "schema script"
         raise ValueError(f"sql grader: the {source} failed to load: {out['setup_error']}")
     if expected is None and "error" in out["reference"]:
         raise ValueError(f"sql grader: the reference query failed: {out['reference']['error']}")
     if "error" in out["answer"]:
         return Grade(False, f"sqlite error: {out['answer']['error']}")
-    want = _rows(expected if expected is not None else out["reference"]["rows"])
-    got = _rows(out["answer"]["rows"])
-    ordered = bool(spec.get("ordered", has_top_level_order_by(reference) if reference.strip() else False))
-    ok = got == want if ordered else Counter(got) == Counter(want)
-    return Grade(ok, "" if ok else _difference(got, want, ordered))
+    want = expected if expected is not None else out["reference"]["rows"]
+    ordered = (
+        spec.ordered
+        if spec.ordered is not None
+        else bool(reference.strip()) and has_top_level_order_by(reference)
+    )
+    ok = same_result(out["answer"]["rows"], want, ordered)
+    return Grade(ok, "" if ok else _difference(_rows(out["answer"]["rows"]), _rows(want), ordered))
+
+
+SQL = Grader("sql", SqlSpec, grade_sql, needs_reference=lambda spec: spec.expected is None)

@@ -49,7 +49,7 @@ from branchmerge.judge.calls import (
 )
 from branchmerge.records import Trace
 from branchmerge.teachers.config import TeacherConfig
-from branchmerge.teachers.thinking import THINK_OPEN, split_reasoning
+from branchmerge.teachers.thinking import final_answer
 
 TEMPLATES = {"verdict": ("eval_judge", 1), "score": ("eval_judge_score", 1)}  # pinned (name, version)
 NO_JUDGE = (
@@ -155,15 +155,6 @@ def _setup(spec: dict[str, Any]) -> JudgeSetup:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise ValueError(f"judge grader: spec judge.{where}: {first['msg']}") from None
-
-
-def final_answer(output: str) -> tuple[str, str | None]:
-    """(the answer without its reasoning, None) or ("", why there is none)."""
-    _, answer, closed = split_reasoning(output)
-    if not closed:
-        return "", "no answer: the output was cut off inside <think>"
-    answer = answer.split(THINK_OPEN, 1)[0].strip()  # a second <think> opened and never closed
-    return (answer, None) if answer else ("", "empty answer")
 
 
 def _digest(*parts: str) -> str:

@@ -19,3 +19,16 @@ def split_reasoning(text: str) -> tuple[str, str, bool]:
     if THINK_OPEN in text:
         return text.split(THINK_OPEN, 1)[1].strip(), "", False
     return "", text.strip(), True
+
+
+def final_answer(output: str) -> tuple[str, str | None]:
+    """(the answer without its reasoning, None), or ("", why there is none): what graders grade.
+
+    The answer is the text after the last `</think>`, up to a `<think>` opened after it and never closed; an
+    output cut off inside `<think>` has none, whatever its reasoning holds.
+    """
+    _, answer, closed = split_reasoning(output)
+    if not closed:
+        return "", "no answer: the output was cut off inside <think>"
+    answer = answer.split(THINK_OPEN, 1)[0].strip()
+    return (answer, None) if answer else ("", "empty answer")

@@ -7,7 +7,9 @@ Levels: 1-3 read a fact from the passage (more distractor facts with each level;
 Generated items use invented minerals for the look-ups, so only the passage can answer them, and compute every
 answer from the drawn figures. Answer forms and graders (`answer_spec`): a word, `exact` on the extracted last
 line (any case); a choice, `choice`; a number, `regex` on the last line accepting equal decimal forms
-("2.7", "2.70", "2,058" for 2058) and units after the number, but no other number on that line.
+("2.7", "2.70", "2,058" for 2058) and units after the number, but no other number on that line. A number whose
+exact value has decimals is asked for to that many decimal places (`precision`), so the question states the
+precision it is graded to.
 """
 
 from __future__ import annotations
@@ -59,11 +61,19 @@ def answer_spec(form: str, answer: str) -> dict[str, Any]:
     return {"type": "regex", "pattern": pattern}
 
 
+def precision(form: str, answer: str) -> str:
+    """The precision a number answer is graded to, said in the question: the exact value's decimals ("Give the
+    number to 3 decimal places." for 2.058, so 2.06 fails by the question's own terms); nothing for whole numbers,
+    which are exact (a rounding the question asks for is said in the question itself)."""
+    decimals = len(answer.partition(".")[2]) if form == "number" else 0
+    return f" Give the number to {decimals} decimal place{'s' if decimals > 1 else ''}." if decimals else ""
+
+
 def problem(name: str, pid: str, level: int, context: str, question: str, form: str, answer: str) -> Problem:
     return Problem(
         id=pid,
         domain=name,
-        question=f"{context}\n\nQuestion: {question}\n{ASK[form]}",
+        question=f"{context}\n\nQuestion: {question}{precision(form, answer)}\n{ASK[form]}",
         reference=answer,
         grader=answer_spec(form, answer),
         level=level,

@@ -5,9 +5,15 @@ acrostic, a lipogram (a letter never used), required and forbidden words, exact 
 words and a narrow word range, all at once. The question lists the constraints in the words of
 `graders.constraints.describe`, so what the model reads and what it is graded by are one spec.
 
-Every item's `reference` is an example text that meets all its constraints (a witness that the set can be met):
-written by hand for the fixed items; for generated ones, built first from a word bank under the chosen lipogram
-and acrostic, with the numeric constraints then drawn around it. The witness is word salad, not a model answer.
+Constraints alone pass refusals and word salad, so every item also checks content (`constraints` kinds `topic`
+and `prose`): the text names its topic (one of a few words the question lists) and reads as writing: no refusal,
+at least a fifth of its words function words ("the", "of", "and"), in most of its lines. A keyword list, "I'm sorry,
+I can't write that", or a fine poem about another subject fails.
+
+Every item's `reference` is an example text that meets all its checks (a witness that the set can be met):
+written by hand for the fixed items; for generated ones, built first from a word bank and a small grammar
+("<Word> <prep> <det> <word> ...") under the chosen lipogram and acrostic, naming the topic, with the numeric
+constraints then drawn around it. The witness is a stilted text, not a model answer.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import random
 from typing import Any
 
 from branchmerge.evaluate.mdr.base import Domain, register
-from branchmerge.graders.constraints import describe, lines, sentences, words
+from branchmerge.graders.constraints import FUNCTION_WORDS, describe, lines, sentences, words
 from branchmerge.records import Problem
 
 NAME = "writing"
@@ -26,27 +32,32 @@ def _c(kind: str, **fields: Any) -> dict[str, Any]:
     return {"kind": kind, **fields}
 
 
-# (topic, constraints, a text that meets them), level 1..10
-FIXED: list[tuple[str, list[dict[str, Any]], str]] = [
+# (topic, words naming the topic, constraints, a text that meets them), level 1..10; every item also gets the
+# `topic` and `prose` checks (`_checks`)
+FIXED: list[tuple[str, list[str], list[dict[str, Any]], str]] = [
     (
         "a rainy morning in a city",
+        ["rain", "street", "city", "window", "drop"],
         [_c("max_words", n=40)],
         "Rain taps on the window while the kettle hums. The street below is grey and quiet, and a cat watches "
         "the drops race down the glass.",
     ),
     (
         "a lighthouse",
+        ["lighthouse", "tower", "light", "ship", "harbour"],
         [_c("lines", n=2), _c("include", words=["light"])],
         "The tower keeps its light awake all night,\nso every ship can find the harbour right.",
     ),
     (
         "a forest in autumn",
+        ["forest", "leaf", "leaves", "oak", "autumn", "tree"],
         [_c("min_words", n=20), _c("max_words", n=45), _c("include", words=["amber", "wind"])],
         "The wind combs through the oaks and lifts the amber leaves into the air. They spin, settle on the path, "
         "and crackle under every step I take.",
     ),
     (
         "snow falling on a village",
+        ["snow", "flake", "village", "roof", "chimney"],
         [
             _c("lines", n=3),
             _c("max_words", n=15),
@@ -57,6 +68,7 @@ FIXED: list[tuple[str, list[dict[str, Any]], str]] = [
     ),
     (
         "a handmade wooden chair, as a product description",
+        ["chair", "seat", "wood", "oak"],
         [
             _c("starts_with", text="This chair"),
             _c("sentences", n=3),
@@ -69,6 +81,7 @@ FIXED: list[tuple[str, list[dict[str, Any]], str]] = [
     ),
     (
         "the sea",
+        ["sea", "water", "wave", "tide", "gull", "foam"],
         [
             _c("acrostic", word="WAVES"),
             _c("include", words=["salt"]),
@@ -81,6 +94,7 @@ FIXED: list[tuple[str, list[dict[str, Any]], str]] = [
     ),
     (
         "the opening of a mystery story",
+        ["door", "key", "letter", "mystery", "lock"],
         [
             _c("starts_with", text="The door"),
             _c("ends_with", text="again"),
@@ -96,6 +110,7 @@ FIXED: list[tuple[str, list[dict[str, Any]], str]] = [
     ),
     (
         "a city at night",
+        ["city", "lamp", "traffic", "road", "shop"],
         [
             _c("no_letter", letter="e"),
             _c("lines", n=3),
@@ -111,6 +126,7 @@ FIXED: list[tuple[str, list[dict[str, Any]], str]] = [
     ),
     (
         "the moon over a harbour",
+        ["moon", "harbour", "boat", "tide", "quay", "pier"],
         [
             _c("acrostic", word="MOON"),
             _c("no_letter", letter="s"),
@@ -126,6 +142,7 @@ FIXED: list[tuple[str, list[dict[str, Any]], str]] = [
     ),
     (
         "a storm arriving at dawn",
+        ["storm", "rain", "dawn", "gust"],
         [
             _c("acrostic", word="STORM"),
             _c("no_letter", letter="e"),
@@ -156,11 +173,28 @@ _BANK_WORDS = """amber apple arch ash autumn bark barn basket beach bell birch b
 BANK = tuple(_BANK_WORDS.split())
 ACROSTICS = ("SEA", "MOON", "RAIN", "STORM", "RIVER", "GARDEN", "WINTER", "HARBOR", "FOREST", "MEADOW", "LANTERN")  # fmt: skip
 LIPOGRAM_LETTERS = ("e", "a", "o", "i", "t", "s", "r", "n", "l")
-TOPICS = (
-    "a mountain village", "an old bridge", "the first day of spring", "a night market", "a lost key",
-    "a long train journey", "a garden after rain", "a lighthouse keeper", "the edge of a desert", "a winter fair",
-)  # fmt: skip
+TOPICS: dict[str, tuple[str, ...]] = {  # topic -> words that name it (the `topic` check)
+    "a mountain village": ("mountain", "village", "peak", "hill", "cottage", "valley"),
+    "an old bridge": ("bridge", "river", "arch", "stream", "crossing", "span"),
+    "the first day of spring": ("spring", "bud", "bloom", "blossom", "thaw", "lamb"),
+    "a night market": ("market", "stall", "lantern", "vendor", "crowd", "bazaar"),
+    "a lost key": ("key", "lock", "door", "pocket", "search", "hunt"),
+    "a long train journey": ("train", "rail", "track", "carriage", "journey", "station"),
+    "a garden after rain": ("garden", "rain", "puddle", "mud", "dew", "shower"),
+    "a lighthouse keeper": ("lighthouse", "keeper", "lamp", "beacon", "tower", "coast"),
+    "the edge of a desert": ("desert", "dune", "sand", "cactus", "oasis", "dust"),
+    "a winter fair": ("fair", "winter", "snow", "frost", "booth", "sleigh"),
+}
+# Grammar for generated witnesses: each line is "<Word> <prep> <det> <word> <prep> <det> <word>".
+DETS = ("the", "a", "my", "his", "our")
+PREPS = ("of", "in", "on", "by", "at", "to", "up", "with", "from", "over", "into", "under", "near", "past")
 EASY = ("words", "include", "exclude", "lines", "starts_with", "sentences", "ends_with")
+
+
+def _checks(words_: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+    """What every item checks besides its constraints: on topic, and a piece of writing (not a refusal, not a
+    list of words)."""
+    return [_c("topic", words=list(words_)), _c("prose")]
 
 
 def _question(topic: str, constraints: list[dict[str, Any]]) -> str:
@@ -187,25 +221,31 @@ def _problem(pid: str, level: int, topic: str, constraints: list[dict[str, Any]]
 
 def items() -> list[Problem]:
     return [
-        _problem(f"mdr-{NAME}-L{level}", level, topic, cs, text)
-        for level, (topic, cs, text) in enumerate(FIXED, start=1)
+        _problem(f"mdr-{NAME}-L{level}", level, topic, cs + _checks(names), text)
+        for level, (topic, names, cs, text) in enumerate(FIXED, start=1)
     ]
 
 
-def _witness(rng: random.Random, n_lines: int, acrostic: str | None, letter: str | None) -> str:
-    """Lines of bank words (none holding `letter`), each opening with the acrostic's letter when there is one;
-    a line ends a sentence with probability 1/2, and the last always does."""
+def _witness(rng: random.Random, n_lines: int, acrostic: str | None, letter: str | None, named: str) -> str:
+    """Lines "<Word> <prep> <det> <word> <prep> <det> <word>" of bank words (none holding `letter`), each opening
+    with the acrostic's letter when there is one, the first naming the topic (`named`); a line ends a sentence
+    with probability 1/2, and the last always does."""
     bank = [w for w in BANK if letter is None or letter not in w]
+    dets = [w for w in DETS if letter is None or letter not in w]
+    preps = [w for w in PREPS if letter is None or letter not in w]
     out = []
     for i in range(n_lines):
         first = rng.choice([w for w in bank if acrostic is None or w[0] == acrostic[i].lower()])
-        line = [first.capitalize(), *rng.sample(bank, rng.randint(2, 6))]
+        nouns = [named if i == 0 else rng.choice(bank), rng.choice(bank)]
+        line = [first.capitalize(), rng.choice(preps), rng.choice(dets), nouns[0]]
+        if rng.random() < 0.6:
+            line += [rng.choice(preps), rng.choice(dets), nouns[1]]
         end = "." if i == n_lines - 1 or rng.random() < 0.5 else ","
         out.append(" ".join(line) + end)
     return "\n".join(out)
 
 
-def _draw(level: int, rng: random.Random) -> tuple[list[dict[str, Any]], str]:
+def _draw(level: int, rng: random.Random) -> tuple[str, list[dict[str, Any]], str]:
     hard = ["acrostic"] if level >= 6 else []
     hard += ["no_letter"] if level >= 8 else []
     letter = rng.choice(LIPOGRAM_LETTERS) if "no_letter" in hard else None
@@ -216,21 +256,25 @@ def _draw(level: int, rng: random.Random) -> tuple[list[dict[str, Any]], str]:
         if all(any(w[0] == ch.lower() and not (letter and letter in w) for w in BANK) for ch in a)
     ]
     acrostic = rng.choice(usable) if "acrostic" in hard else None
-    text = _witness(rng, len(acrostic) if acrostic else rng.randint(2, 2 + level // 2), acrostic, letter)
+    topics = {t: [w for w in names if letter is None or letter not in w] for t, names in TOPICS.items()}
+    topic = rng.choice(sorted(t for t, names in topics.items() if names))
+    named = rng.choice(topics[topic])
+    text = _witness(
+        rng, len(acrostic) if acrostic else rng.randint(2, 2 + level // 2), acrostic, letter, named
+    )
     pool = [k for k in EASY if not (k == "lines" and acrostic)]
     kinds = rng.sample(pool, min(level - len(hard), len(pool))) + hard
     ws = words(text)
+    content = sorted({w.lower() for w in ws} - FUNCTION_WORDS)
     slack = max(2, 3 * (11 - level))
     made: list[dict[str, Any]] = []
     for kind in kinds:
         if kind == "words":
             made += [_c("min_words", n=max(1, len(ws) - slack)), _c("max_words", n=len(ws) + slack)]
         elif kind == "include":
-            made.append(
-                _c("include", words=sorted(rng.sample(sorted({w.lower() for w in ws}), 1 + level // 4)))
-            )
+            made.append(_c("include", words=sorted(rng.sample(content, min(1 + level // 4, len(content))))))
         elif kind == "exclude":
-            unused = sorted(set(BANK) - {w.lower() for w in ws})
+            unused = sorted(set(BANK) - {w.lower() for w in ws} - set(TOPICS[topic]))
             made.append(_c("exclude", words=sorted(rng.sample(unused, 1 + level // 4))))
         elif kind == "lines":
             made.append(_c("lines", n=len(lines(text))))
@@ -244,13 +288,13 @@ def _draw(level: int, rng: random.Random) -> tuple[list[dict[str, Any]], str]:
             made.append(_c("acrostic", word=acrostic))
         else:
             made.append(_c("no_letter", letter=letter))
-    return made, text
+    return topic, made + _checks(topics[topic]), text
 
 
 def generate(level: int, seed: int) -> Problem:
     rng = random.Random(f"mdr-{NAME}:{level}:{seed}")
-    constraints, witness = _draw(level, rng)
-    return _problem(f"mdr-{NAME}-L{level}-s{seed}", level, rng.choice(TOPICS), constraints, witness)
+    topic, constraints, witness = _draw(level, rng)
+    return _problem(f"mdr-{NAME}-L{level}-s{seed}", level, topic, constraints, witness)
 
 
 register(Domain(NAME, items, generate))

@@ -7,8 +7,8 @@ The published file always lists the correct answer first, so the options are shu
 generator seeded by `f"{seed}:{item id}"` (Python's string seeding hashes with SHA-512, so it does not depend
 on PYTHONHASHSEED or on the order of rows). A rerun with the same seed gives the same letters; different items
 get different permutations, so the correct letter is not always A. The question text ends with the lettered
-options ("A) ..."), the reference is the correct letter and the grader is `choice` over A-D; `meta.choices`
-keeps the letter -> text table and `meta.correct_answer` the text, so the permutation can be checked.
+options ("A) ...") and `CHOICE_FORMAT` (answer with the letter); the reference is the correct letter and the
+grader is `choice` over A-D; `meta.choices` keeps the letter -> text table and `meta.correct_answer` the text, so the permutation can be checked.
 Domain "science"; GPQA's own domain (Physics, Chemistry, Biology) and subdomain are in meta.
 """
 
@@ -21,6 +21,10 @@ from branchmerge.records import Problem
 
 LETTERS = ("A", "B", "C", "D")
 INCORRECT = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+# The published questions do not say how to answer; the choice grader reads a letter, not the option's text.
+CHOICE_FORMAT = (
+    "End your answer with a line of the form 'Answer: X', where X is the letter of the correct option."
+)
 
 
 def shuffled_options(correct: str, incorrect: list[str], seed: int, item_id: str) -> tuple[list[str], str]:
@@ -40,7 +44,7 @@ def _gpqa(row: Row, seed: int) -> Problem:
     return Problem(
         id=item_id,
         domain="science",
-        question=f"{row.text('Question').strip()}\n\n{lettered}",
+        question=f"{row.text('Question').strip()}\n\n{lettered}\n\n{CHOICE_FORMAT}",
         reference=letter,
         grader={"type": "choice", "choices": list(LETTERS)},
         source=row.set_name,

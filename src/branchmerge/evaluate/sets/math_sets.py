@@ -7,7 +7,10 @@
   Solution, Answer; AIME 2025 copies: id/problem/answer or question/answer). Every AIME answer is an integer
   0-999; anything else is a data error named by row and column. Graded by the math grader.
 - GSM8K (openai/gsm8k): question, answer, where the answer is the worked solution ending in "#### N". The
-  reference is N with thousands separators removed; graded by the numeric grader (exact, no tolerance).
+  reference is N with thousands separators removed. The published questions say nothing about the answer's form,
+  so the question sent ends with `GSM8K_FORMAT` (reason step by step, final answer in `\\boxed{}`), and the
+  numeric grader reads the final number of the answer (`"final": true`: the last `\\boxed{}`, else "#### N",
+  else "the answer is N", else the last number; currency and units allowed), exact, no tolerance.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 from branchmerge.evaluate.sets.base import Row, StandardSet, parse_level
 from branchmerge.graders.numeric import parse_number
 from branchmerge.records import Problem
+
+GSM8K_FORMAT = "Please reason step by step, and put your final answer (a number) within \\boxed{}."
 
 
 def last_boxed(text: str) -> str | None:
@@ -89,9 +94,9 @@ def _gsm8k(row: Row, seed: int) -> Problem:
     return Problem(
         id=row.item_id("id"),
         domain="math",
-        question=row.text("question"),
+        question=f"{row.text('question').rstrip()}\n\n{GSM8K_FORMAT}",
         reference=reference,
-        grader={"type": "numeric"},
+        grader={"type": "numeric", "final": True},
         source=row.set_name,
         meta={"solution": solution.strip()},
     )
@@ -113,7 +118,7 @@ AIME2024 = StandardSet("aime2024", "AIME 2024 (as aime)", _AIME_COLUMNS, _aime, 
 AIME2025 = StandardSet("aime2025", "AIME 2025 (as aime)", _AIME_COLUMNS, _aime, "train")
 GSM8K = StandardSet(
     "gsm8k",
-    "GSM8K: question, answer ending '#### N' -> numeric grader on N",
+    "GSM8K: question (+ a final-answer format), answer ending '#### N' -> numeric grader, final number, on N",
     ("question", "answer", "id"),
     _gsm8k,
 )

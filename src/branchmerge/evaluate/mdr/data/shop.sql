@@ -1,5 +1,7 @@
 -- The bundled shop database of the mdr `sql` domain: customers, products, orders and their line items.
 -- Static data (do not edit without re-checking the sql items: their reference queries run on exactly this).
+-- Boundaries and duplicates on purpose: orders on the first day of months and years, customers sharing a name
+-- or a join date, products sharing a price, so that near-miss queries (< for <=, no DISTINCT, ...) differ.
 CREATE TABLE customers (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
@@ -40,7 +42,10 @@ INSERT INTO customers (id, name, city, joined) VALUES
     (11, 'Karl Becker', 'Berlin', '2023-10-01'),
     (12, 'Lucia Ortiz', 'Madrid', '2024-01-12'),
     (13, 'Marta Sousa', 'Lisbon', '2024-03-03'),
-    (14, 'Nadia Roux', 'Lyon', '2024-04-22');
+    (14, 'Nadia Roux', 'Lyon', '2024-04-22'),
+    (15, 'Olga Lima', 'Lisbon', '2022-09-05'),
+    (16, 'Ana Costa', 'Porto', '2023-05-16'),
+    (17, 'Pablo Diaz', 'Madrid', '2023-01-21');
 INSERT INTO products (id, name, category, price) VALUES
     (1, 'The Long Road', 'books', 18.5),
     (2, 'Garden Atlas', 'books', 32.0),
@@ -57,7 +62,12 @@ INSERT INTO products (id, name, category, price) VALUES
     (13, 'Wooden Train', 'toys', 34.0),
     (14, 'Kite', 'toys', 14.0),
     (15, 'Robot Kit', 'toys', 79.0),
-    (16, 'Cookbook Classics', 'books', 26.0);
+    (16, 'Cookbook Classics', 'books', 26.0),
+    (17, 'Field Guide', 'books', 26.0),
+    (18, 'Card Deck', 'games', 12.0),
+    (19, 'Salt Mill', 'kitchen', 19.0),
+    (20, 'Garden Trowel', 'garden', 15.0),
+    (21, 'Yo-yo', 'toys', 14.0);
 INSERT INTO orders (id, customer_id, order_date, status) VALUES
     (1, 10, '2023-01-06', 'shipped'),
     (2, 4, '2023-01-14', 'shipped'),
@@ -98,7 +108,21 @@ INSERT INTO orders (id, customer_id, order_date, status) VALUES
     (37, 10, '2024-10-22', 'cancelled'),
     (38, 8, '2024-11-13', 'shipped'),
     (39, 3, '2024-12-05', 'shipped'),
-    (40, 6, '2024-12-20', 'shipped');
+    (40, 6, '2024-12-20', 'shipped'),
+    (41, 16, '2023-04-01', 'shipped'),
+    (42, 15, '2023-07-01', 'pending'),
+    (43, 1, '2023-10-01', 'shipped'),
+    (44, 17, '2024-01-01', 'shipped'),
+    (45, 16, '2024-01-01', 'pending'),
+    (46, 1, '2024-07-01', 'shipped'),
+    (47, 15, '2023-07-01', 'shipped'),
+    (48, 14, '2024-04-01', 'cancelled'),
+    (49, 7, '2023-08-01', 'cancelled'),
+    (50, 12, '2024-05-01', 'cancelled'),
+    (51, 8, '2023-12-01', 'cancelled'),
+    (52, 13, '2024-06-01', 'cancelled'),
+    (53, 2, '2024-02-01', 'cancelled'),
+    (54, 1, '2023-03-01', 'cancelled');
 INSERT INTO order_items (order_id, product_id, quantity, unit_price) VALUES
     (1, 9, 5, 19.0),
     (2, 2, 5, 32.0),
@@ -184,4 +208,26 @@ INSERT INTO order_items (order_id, product_id, quantity, unit_price) VALUES
     (40, 2, 1, 32.0),
     (40, 5, 3, 27.5),
     (40, 15, 4, 79.0),
-    (40, 16, 4, 26.0);
+    (40, 16, 4, 26.0),
+    (41, 17, 2, 26.0),
+    (41, 18, 3, 12.0),
+    (42, 19, 2, 19.0),
+    (42, 8, 1, 24.0),
+    (43, 20, 3, 15.0),
+    (43, 17, 1, 26.0),
+    (44, 21, 4, 14.0),
+    (44, 3, 3, 12.0),
+    (45, 14, 4, 14.0),
+    (45, 12, 2, 9.5),
+    (46, 18, 5, 12.0),
+    (46, 1, 2, 18.5),
+    (47, 11, 4, 15.0),
+    (47, 6, 1, 59.9),
+    (48, 13, 2, 34.0),
+    (48, 21, 3, 14.0),
+    (49, 20, 1, 15.0),
+    (50, 12, 2, 9.5),
+    (51, 19, 1, 19.0),
+    (52, 17, 2, 26.0),
+    (53, 21, 1, 14.0),
+    (54, 20, 2, 15.0);
