@@ -272,11 +272,13 @@ def generalist_pass(
 ) -> None:
     """Continue `student` on every domain (`GENERALIST_PLAN`, items of seed + 2) and save it to `out_dir`.
 
-    Runs on `GENERALIST_THREADS` threads whatever the caller set, and restores the caller's count after.
+    Runs on `GENERALIST_THREADS` threads with deterministic kernels whatever the caller set, and restores the
+    caller's settings after.
     """
     tokenizer = build_tokenizer()
-    threads = torch.get_num_threads()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(GENERALIST_THREADS)
+    torch.use_deterministic_algorithms(True)
     try:
         model = Qwen3ForCausalLM.from_pretrained(student, dtype=torch.float32)
         examples = encode_problems(tokenizer, training_problems(seed + 2, GENERALIST_PLAN))
@@ -284,6 +286,7 @@ def generalist_pass(
         save_checkpoint(model, tokenizer, out_dir)
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def evaluate_dir(model_dir: Path, heldout: dict[str, list[Problem]], temperatures: Sequence[float]) -> dict:
