@@ -4,11 +4,16 @@ A plain torch loop (nanoGPT style) rather than TRL: the whole recipe fits on a s
 (bf16, gradient checkpointing, max_length) to pin, and it runs in minutes on 2 CPU cores.
 
 - teacher: every domain, levels 1..4, enough steps to pass >= 90% of held-out items greedily and at T=0.6.
-- student base: the teacher's shape with a quarter of its steps, on its own seed and schedule. It knows the
-  `<think>` layout and solves many short items but few long ones, so a short SFT on one domain's teacher traces
-  (an "expert") clearly helps. A smaller student (hidden 96, 3 layers) trained on levels 1..2 only scored
-  35 / 34 / 53% but its experts (100 steps, batch 16, lr 5e-4) gained on compare only (add 35 -> 36%,
-  sort 34 -> 23%): length generalisation was too much to learn from a few hundred traces.
+- student base, in two passes, shaped like the setting Branch-Merge starts from (TinyR1 merges experts of a
+  distilled generalist): a draft with the teacher's shape and a quarter of its steps, then the generalist pass
+  (`GENERALIST_PLAN`), 250 steps on every domain. The result is competent on every domain and has room left on
+  the longer items (greedy, 40 validation items per level, levels 1..4: add 100/90/68/33%, sort 78/53/30/20%,
+  compare 88/90/85/90%), which each domain's expert learns from the teacher's traces.
+  Generalist passes tried (validation items of another seed than any evaluation set): 150 steps left add and
+  sort far behind (46% / 32% overall); 450 steps saturated add and compare (99% / 97%), leaving their experts
+  nothing to gain; a pass on levels 1..3 only lost level 4 entirely (0% add and sort), and experts trained on
+  it forgot the other domains without learning level 4. The draft alone (the earlier student base, 27% / 19% /
+  51%) was too weak for any merge of its experts to beat it.
 
 Held-out items come from `heldout_problems` (a different seed, training questions excluded).
 """
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig, get_peft_model
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import PreTrainedTokenizerBase, Qwen3ForCausalLM
 
@@ -35,6 +41,7 @@ from branchmerge.teachers.local import LocalModel, SamplingParams
 from branchmerge.tinylab.domains import DOMAINS, MAX_LEVEL, generate_problems
 from branchmerge.tinylab.modeling import random_model, save_checkpoint, tiny_qwen3_config
 from branchmerge.tinylab.tokenizer import build_tokenizer
+from branchmerge.train.sft_methods import TARGET_MODULES
 
 ALL_LEVELS = tuple(range(1, MAX_LEVEL + 1))
 DEFAULT_SEED = 20261122
@@ -73,6 +80,15 @@ TEACHER_PLAN = TrainPlan(steps=1200, batch_size=64, lr=2e-3, warmup_steps=60)
 # items, and fails most long ones (27% / 19% / 51% greedy on held-out add / sort / compare).
 STUDENT_SHAPE = TEACHER_SHAPE
 STUDENT_PLAN = TrainPlan(steps=300, batch_size=64, lr=2e-3, warmup_steps=30)
+# Then the generalist pass: the student continues on every domain, as a data-mixture SFT would (full weights,
+# batch 32, cosine to 0), on items of its own seed. The shipped student base is the result: competent on every
+# domain, as a distilled generalist is before Branch-Merge, with room left on the longer items.
+GENERALIST_PLAN = TrainPlan(
+    steps=250, batch_size=32, lr=1e-3, warmup_steps=10, weight_decay=0.0, min_lr_ratio=0.0
+)
+GENERALIST_THREADS = (
+    1  # pinned: bit-for-bit reruns need one thread count, and one is fastest on a busy machine
+)
 # What the demo does to the student (recipes/demo.yaml: full SFT, 150 steps, batch 32, lr 1e-3, cosine to 0).
 EXPERT_PLAN = TrainPlan(steps=150, batch_size=32, lr=1e-3, warmup_steps=5, weight_decay=0.0, min_lr_ratio=0.0)
 EXPERT_PROBLEMS = 200  # demo.yaml train_per_domain; each trace twice (two sampling temperatures)
@@ -244,8 +260,33 @@ def train_checkpoint(
 def training_questions(seed: int = DEFAULT_SEED) -> set[str]:
     """Every question the teacher or the student base saw when built from `seed` (held-out sets exclude them)."""
     return {
-        p.question for p in training_problems(seed, TEACHER_PLAN) + training_problems(seed + 1, STUDENT_PLAN)
+        p.question
+        for p in training_problems(seed, TEACHER_PLAN)
+        + training_problems(seed + 1, STUDENT_PLAN)
+        + training_problems(seed + 2, GENERALIST_PLAN)
     }
+
+
+def generalist_pass(
+    student: Path, out_dir: Path, seed: int = DEFAULT_SEED, progress: Progress | None = None
+) -> None:
+    """Continue `student` on every domain (`GENERALIST_PLAN`, items of seed + 2) and save it to `out_dir`.
+
+    Runs on `GENERALIST_THREADS` threads with deterministic kernels whatever the caller set, and restores the
+    caller's settings after.
+    """
+    tokenizer = build_tokenizer()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(GENERALIST_THREADS)
+    torch.use_deterministic_algorithms(True)
+    try:
+        model = Qwen3ForCausalLM.from_pretrained(student, dtype=torch.float32)
+        examples = encode_problems(tokenizer, training_problems(seed + 2, GENERALIST_PLAN))
+        train(model, examples, GENERALIST_PLAN, tokenizer.pad_token_id, seed + 2, progress, "generalist")
+        save_checkpoint(model, tokenizer, out_dir)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def evaluate_dir(model_dir: Path, heldout: dict[str, list[Problem]], temperatures: Sequence[float]) -> dict:
@@ -262,7 +303,8 @@ def expert_check(
     """Fine-tune a copy of the student on one domain, as the demo does, and measure every domain before/after.
 
     The demo's traces are the teacher's correct answers, i.e. these generator solutions, one per temperature:
-    EXPERT_PROBLEMS items, each twice. The check passes when every expert beats the base on its own domain.
+    EXPERT_PROBLEMS items, each twice; its experts are LoRA adapters (rank 16, alpha 32, every projection) merged
+    back into full weights. The check passes when every expert beats the base on its own domain.
     """
     tokenizer = build_tokenizer()
     before = evaluate_dir(student, heldout, (0.0,))
@@ -270,11 +312,12 @@ def expert_check(
     out: dict = {"plan": asdict(EXPERT_PLAN), "problems_per_domain": EXPERT_PROBLEMS, "experts": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for domain in heldout:
-            problems = generate_problems(domain, EXPERT_PROBLEMS, seed=seed + 2, exclude=exclude)
-            model = Qwen3ForCausalLM.from_pretrained(student, dtype=torch.float32)
+            problems = generate_problems(domain, EXPERT_PROBLEMS, seed=seed + 3, exclude=exclude)
+            lora = LoraConfig(r=16, lora_alpha=32, target_modules=TARGET_MODULES["qwen3"])
+            model = get_peft_model(Qwen3ForCausalLM.from_pretrained(student, dtype=torch.float32), lora)
             examples = encode_problems(tokenizer, problems) * 2
             train(model, examples, EXPERT_PLAN, tokenizer.pad_token_id, seed, progress, f"expert {domain}")
-            save_checkpoint(model, tokenizer, Path(tmp) / domain)
+            save_checkpoint(model.merge_and_unload(), tokenizer, Path(tmp) / domain)
             after = evaluate_dir(Path(tmp) / domain, heldout, (0.0,))
             out["experts"][domain] = {
                 d: {"before": before[d]["T=0"], "after": after[d]["T=0"]} for d in heldout
@@ -306,17 +349,13 @@ def build(
             progress,
             "teacher",
         )
-        train_checkpoint(
-            tokenizer,
-            STUDENT_SHAPE,
-            STUDENT_PLAN,
-            student_problems,
-            seed + 1,
-            out_dir / "student",
-            progress,
-            "student",
-        )
-    seen = {p.question for p in teacher_problems + student_problems}
+        with tempfile.TemporaryDirectory() as tmp:
+            draft = Path(tmp) / "draft"
+            train_checkpoint(
+                tokenizer, STUDENT_SHAPE, STUDENT_PLAN, student_problems, seed + 1, draft, progress, "student"
+            )
+            generalist_pass(draft, out_dir / "student", seed, progress)
+    seen = training_questions(seed)
     heldout = {d: heldout_problems(d, seed, heldout_count, exclude=seen) for d in DOMAINS}
     report: dict = {
         "seed": seed,
@@ -324,12 +363,12 @@ def build(
         "heldout_per_domain": heldout_count,
         "grading": "greedy (T=0) and T=0.6 top-p 0.95; answer after </think>, whitespace-collapsed, equals the reference",
     }
-    for name, shape, plan in (
-        ("teacher", TEACHER_SHAPE, TEACHER_PLAN),
-        ("student", STUDENT_SHAPE, STUDENT_PLAN),
+    for name, shape, plans in (
+        ("teacher", TEACHER_SHAPE, [TEACHER_PLAN]),
+        ("student", STUDENT_SHAPE, [STUDENT_PLAN, GENERALIST_PLAN]),
     ):
         params = sum(p.numel() for p in Qwen3ForCausalLM.from_pretrained(out_dir / name).parameters())
-        report[name] = {"shape": asdict(shape), "plan": asdict(plan), "parameters": params}
+        report[name] = {"shape": asdict(shape), "plans": [asdict(p) for p in plans], "parameters": params}
         report[name]["accuracy"] = evaluate_dir(out_dir / name, heldout, (0.0, 0.6))
     report["train_and_eval_seconds"] = round(time.time() - started)
     if check_experts:
@@ -354,8 +393,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--skip-expert-check", action="store_true", help="skip fine-tuning one expert per domain at the end"
     )
+    parser.add_argument(
+        "--generalist-from",
+        type=Path,
+        metavar="DRAFT",
+        help="run only the generalist pass from this draft student into OUT/student (minutes, not the whole build)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.generalist_from is not None:
+        torch.use_deterministic_algorithms(True)
+        with make_progress() as progress:
+            generalist_pass(args.generalist_from, args.out / "student", args.seed, progress)
+        print(f"wrote {args.out / 'student'}")
+        return
     report = build(args.out, args.seed, check_experts=not args.skip_expert_check)
     for name in ("teacher", "student"):
         for domain, acc in report[name]["accuracy"].items():

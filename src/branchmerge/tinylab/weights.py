@@ -29,5 +29,6 @@ def teacher_dir() -> Path:
 
 
 def student_dir() -> Path:
-    """The weaker student base that the demo fine-tunes into one expert per domain."""
+    """The student base the demo fine-tunes into one expert per domain: a generalist, competent on every domain,
+    with room left on the longer items (see `tinylab.build`)."""
     return _shipped("student")
