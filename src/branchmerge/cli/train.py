@@ -213,7 +213,8 @@ def grpo(
     engine: Annotated[
         str | None,
         typer.Option(
-            "--engine", help="Samples by: auto (vLLM with a CUDA GPU, else builtin), builtin (transformers) or vllm."
+            "--engine",
+            help="Samples by: auto (vLLM with a CUDA GPU, else builtin), builtin (transformers) or vllm.",
         ),
     ] = None,
     max_steps: MaxSteps = None,

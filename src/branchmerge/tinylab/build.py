@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -165,7 +165,7 @@ def cosine_lr(step: int, plan: TrainPlan) -> float:
 
 
 def train(
-    model: Qwen3ForCausalLM,
+    model: torch.nn.Module,  # a Qwen3ForCausalLM, or one wrapped in LoRA adapters
     examples: Sequence[Example],
     plan: TrainPlan,
     pad_id: int,
@@ -317,7 +317,7 @@ def expert_check(
             model = get_peft_model(Qwen3ForCausalLM.from_pretrained(student, dtype=torch.float32), lora)
             examples = encode_problems(tokenizer, problems) * 2
             train(model, examples, EXPERT_PLAN, tokenizer.pad_token_id, seed, progress, f"expert {domain}")
-            save_checkpoint(model.merge_and_unload(), tokenizer, Path(tmp) / domain)
+            save_checkpoint(cast(Qwen3ForCausalLM, model.merge_and_unload()), tokenizer, Path(tmp) / domain)
             after = evaluate_dir(Path(tmp) / domain, heldout, (0.0,))
             out["experts"][domain] = {
                 d: {"before": before[d]["T=0"], "after": after[d]["T=0"]} for d in heldout
