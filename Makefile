@@ -4,7 +4,7 @@ setup:
 	python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e ".[dev]"
 
 test:
-	. .venv/bin/activate && ruff check src tests && python -m pytest -q
+	. .venv/bin/activate && ruff check src tests && ruff format --check src tests && mypy && python -m pytest -q
 
 lint:
 	. .venv/bin/activate && ruff check src tests && ruff format --check src tests && mypy

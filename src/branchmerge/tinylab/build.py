@@ -91,7 +91,7 @@ GENERALIST_THREADS = (
 )
 # What the demo does to the student (recipes/demo.yaml: full SFT, 150 steps, batch 32, lr 1e-3, cosine to 0).
 EXPERT_PLAN = TrainPlan(steps=150, batch_size=32, lr=1e-3, warmup_steps=5, weight_decay=0.0, min_lr_ratio=0.0)
-EXPERT_PROBLEMS = 200  # demo.yaml train_per_domain; each trace twice (two sampling temperatures)
+EXPERT_PROBLEMS = 1000  # demo.yaml train_per_domain; each trace twice (two sampling temperatures)
 
 
 @dataclass(frozen=True)
