@@ -20,61 +20,72 @@ from branchmerge.records import SFTExample, write_jsonl
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
-# Computed by the runner as it was before recipe/graph.py existed (commit 3a20f5a, every stage wired by hand in
-# run_recipe): `branchmerge demo --quick` made exactly these folders, `<name>-<key>`. A changed key makes every
-# earlier run's cache miss, so these must not change.
+# First computed by the runner as it was before recipe/graph.py existed (commit 3a20f5a, every stage wired by hand
+# in run_recipe), whose `branchmerge demo --quick` made exactly those folders, `<name>-<key>`; the graph gave the
+# same keys for the same recipe and student. Recomputed once since, when the demo recipe (1,000 problems per
+# domain, LoRA experts, 400 eval items, two more merges) and the shipped student's weights (an input of build-sft's
+# key and everything after it) changed. A changed key makes every earlier run's cache miss: change these only
+# with the recipe or the student.
 DEMO_QUICK = """
 problems 602ea913f2f3
 generate.tiny-teacher 57e083671002
 process 42991e33792b
-build-sft 778e392680d7
-train.expert-add 65212934a52a
-train.expert-sort 4ad2b0c1efa2
-train.expert-compare f48e4404e6be
-train.mixture ae9f45e6df8c
-merge.slerp-add-sort 44fa8154b2f5
-merge.ties 56828c953ff0
-merge.fusion-add-sort 491395aed769
-merge.fusion-all e8d478b990b2
+build-sft d56c1afd2fda
+train.expert-add 56c0702485c5
+train.expert-sort 743f1fa31b08
+train.expert-compare 48ee12aefcfd
+train.mixture 876c2237fa41
+merge.slerp-add-sort a690a24909ff
+merge.ties 4c30cde40ff4
+merge.average 337f40803351
+merge.regmean aa6f1717aae7
+merge.fusion-add-sort 72069c29614e
+merge.fusion-all 0cf4e6119d1b
 eval-set.heldout cd43e02deab2
-eval.student c5d3aea46dd8
-eval.expert-add c15628ca67f4
-eval.expert-sort e876a7d9b875
-eval.expert-compare cb26ca3a3c19
-eval.mixture 1ea4918cd854
-eval.slerp-add-sort 9f0f84bb4a5e
-eval.ties ddf49f4a6ee7
-eval.fusion-add-sort ceeba2be1378
-eval.fusion-all e69a83a04616
+eval.student c07fa85f286b
+eval.expert-add ce8cd954aa8c
+eval.expert-sort 6bb15b608981
+eval.expert-compare d43991b864e2
+eval.mixture ce298a7e2790
+eval.slerp-add-sort 6a399ac6dc5d
+eval.ties 97f3511af14a
+eval.average ab98b4ba7745
+eval.regmean b6550c788495
+eval.fusion-add-sort 911b04e089a7
+eval.fusion-all 5c58d3d92381
 """
 DEMO_FULL = """
-problems e50a1ee483ee
-generate.tiny-teacher 3a951fdf143a
-process bef6628ee5d0
-build-sft f82935f6305b
-train.expert-add fc252e30374d
-train.expert-sort faecc6d68c6f
-train.expert-compare f69a8120fe11
-train.mixture 6841be6eb60b
-merge.slerp-add-sort 61434918052d
-merge.ties a2a116cafab3
-merge.fusion-add-sort 95999e57e7a4
-merge.fusion-all b25e4dd6f219
-eval-set.heldout 82f90439f421
-eval.student 00dc2ee9843b
-eval.expert-add 06a4d52c34f6
-eval.expert-sort 1f454bcd1996
-eval.expert-compare 59761c4cbebd
-eval.mixture baf75f367651
-eval.slerp-add-sort 2386c574f92d
-eval.ties 90bbdade4005
-eval.fusion-add-sort 06e9ee910896
-eval.fusion-all 2c3328f9d577
+problems 9041bebec9d5
+generate.tiny-teacher cf86a1091345
+process 2b947169374c
+build-sft 2719df86c872
+train.expert-add 9e07ad3a9f5b
+train.expert-sort d0a8f30a2f44
+train.expert-compare 13328ed89914
+train.mixture 22d9c2bdd8f9
+merge.slerp-add-sort e94bffbbe733
+merge.ties 9aad2baf1128
+merge.average e45368cac00c
+merge.regmean 01a273a2ee78
+merge.fusion-add-sort f339b971870d
+merge.fusion-all eb221077e081
+eval-set.heldout cdabc4236b9e
+eval.student 7e75272b8e14
+eval.expert-add 28ab17ded1d2
+eval.expert-sort bcf8ca367bf4
+eval.expert-compare 551ee6465852
+eval.mixture 0543687d6216
+eval.slerp-add-sort 64cb9f555d94
+eval.ties a50c8b236b32
+eval.average edca77be4015
+eval.regmean 38cbef2d9e24
+eval.fusion-add-sort a80fbbcbfc0c
+eval.fusion-all c171942a58a6
 """
 
 # Stages added since, with their keys; each runs after the trainings it reads, and no earlier key moved.
-ADDED_QUICK = {"mergeability": "e5cf410bb867"}
-ADDED_FULL = {"mergeability": "0543e5331f69"}
+ADDED_QUICK = {"mergeability": "191d7f4628e8"}
+ADDED_FULL = {"mergeability": "7197e7e48fae"}
 
 
 def _with_added(pinned: str, added: dict[str, str]) -> list[tuple[str, str]]:
