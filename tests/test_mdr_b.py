@@ -331,3 +331,19 @@ def test_a_number_graded_to_some_decimals_says_so_in_the_question() -> None:
     assert sound.reference == "2.058" and "to 3 decimal places" in sound.question
     assert not grade("Answer: 2.06 km", sound.reference, sound.grader).passed
     assert grade("Answer: 2.058 km", sound.reference, sound.grader).passed
+
+
+def test_mdr_domains_come_from_an_explicit_list_and_importing_registers_nothing(monkeypatch):
+    import importlib
+
+    from branchmerge.evaluate.mdr import base
+
+    monkeypatch.setattr(base, "DOMAINS", {})
+    monkeypatch.setattr(base, "_loaded", False)
+    importlib.import_module("branchmerge.evaluate.mdr.sql")  # a domain module defines DOMAIN, adds nothing
+    assert base.DOMAINS == {}
+    assert base.domain_names()[:3] == ["logic", "math", "sql"] and len(base.domain_names()) == 10
+    mine = base.Domain("mine", list, lambda level, seed: None)  # type: ignore[arg-type, return-value]
+    assert base.register(mine) is mine and base.domain_names()[-1] == "mine"
+    with pytest.raises(ValueError, match="registered twice"):
+        base.register(mine)
