@@ -19,9 +19,9 @@ from branchmerge.merge import calibration, run_merge
 from branchmerge.merge.calibration_stats import IGNORE, fisher_statistics, gram_statistics
 from branchmerge.merge.methods.fisher import fisher_merge
 from branchmerge.merge.methods.regmean import reduce_off_diagonal, regmean
-from branchmerge.records import SFTExample, write_jsonl
+from branchmerge.records import write_jsonl
 from branchmerge.tinylab.domains import DOMAINS as DOMAIN_TABLE
-from branchmerge.tinylab.domains import generate_problems
+from sft_fixtures import untokenized_examples
 
 DOMAINS = sorted(DOMAIN_TABLE)
 
@@ -130,20 +130,7 @@ def experts(make_checkpoint) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def sft_file(tmp_path_factory) -> Path:
-    rows = [
-        SFTExample(
-            messages=[
-                {"role": "user", "content": p.question},
-                {"role": "assistant", "content": f"<think>\n{p.meta['solution']}\n</think>\n\n{p.reference}"},
-            ],
-            domain=d,
-            num_tokens=0,
-            problem_id=p.id,
-            teacher="t",
-        )
-        for d in DOMAINS[:2]
-        for p in generate_problems(d, 4, seed=7)
-    ]
+    rows = untokenized_examples(DOMAINS[:2], 4, seed=7)
     path = tmp_path_factory.mktemp("calib") / "sft.jsonl"
     write_jsonl(path, rows)
     return path

@@ -24,7 +24,8 @@ from branchmerge.merge.forgetting import (
     write_offdomain_loss,
 )
 from branchmerge.merge.mergeability import judge, mergeability
-from branchmerge.records import OffDomainLoss, SFTExample, write_jsonl
+from branchmerge.records import OffDomainLoss, write_jsonl
+from sft_fixtures import untokenized_examples
 
 NAN = math.nan
 
@@ -136,22 +137,7 @@ def test_independent_small_experts_need_their_forgetting_logs(base, tmp_path):
 
 
 def test_measure_offdomain_loss_writes_the_losses_it_measures(base, tmp_path):
-    from branchmerge.tinylab.domains import generate_problems
-
-    rows = [
-        SFTExample(
-            messages=[
-                {"role": "user", "content": p.question},
-                {"role": "assistant", "content": f"<think>\n{p.meta['solution']}\n</think>\n\n{p.reference}"},
-            ],
-            domain=d,
-            num_tokens=0,
-            problem_id=p.id,
-            teacher="t",
-        )
-        for d in ("add", "sort")
-        for p in generate_problems(d, 2, seed=3)
-    ]
+    rows = untokenized_examples(("add", "sort"), 2, seed=3)
     write_jsonl(tmp_path / "heldout.jsonl", rows)
     a = expert(base, tmp_path / "a", noise(3, 0.5))
     record = measure_offdomain_loss(a, "add", tmp_path / "heldout.jsonl", base_dir=base)
