@@ -14,6 +14,8 @@ examples per model, runs the model on `device` (CPU by default) and computes wha
 `calibration-cache/` beside the output), keyed by the model's weight files (path, size, modification time),
 the examples file's sha256, the domain and the settings, so a rerun, or another merge of the same experts,
 reads them back instead of recomputing. Each cache file is written to a temporary name and renamed.
+RegMean's sequential variant (`calibration_sequential.py`) computes its statistics on the merge itself, so they
+depend on every expert and the settings: they are neither read from nor written to this cache.
 
 Memory: the statistics are read one tensor at a time during the merge, beside the weights. On disk and while
 they are computed, RegMean's Gram matrices take d_in^2 floats per linear layer (Qwen3-4B: about 0.5 GB per layer
