@@ -14,6 +14,8 @@ examples per model, runs the model on `device` (CPU by default) and computes wha
 `calibration-cache/` beside the output), keyed by the model's weight files (path, size, modification time),
 the examples file's sha256, the domain and the settings, so a rerun, or another merge of the same experts,
 reads them back instead of recomputing. Each cache file is written to a temporary name and renamed.
+RegMean's sequential variant (`calibration_sequential.py`) computes its statistics on the merge itself, so they
+depend on every expert and the settings: they are neither read from nor written to this cache.
 
 Memory: the statistics are read one tensor at a time during the merge, beside the weights. On disk and while
 they are computed, RegMean's Gram matrices take d_in^2 floats per linear layer (Qwen3-4B: about 0.5 GB per layer
@@ -84,6 +86,12 @@ def check_sources(cfg: MergeConfig, method: MergeMethod) -> list[str]:
         return problems
     if cfg.tokenizer_source is not None:
         problems.append(f"tokenizer_source: {method.name} needs the models' own vocabularies; remove it")
+    sequential = (cfg.parameters or {}).get("sequential")
+    if "sequential" in method.params and sequential is not None and not isinstance(sequential, bool):
+        problems.append(
+            f"parameters.sequential: must be true or false for the whole merge (it merges layer by layer), "
+            f"got {sequential}"
+        )
     for i, m in enumerate(cfg.models):
         field = f"models[{i}].calibration"
         if m.calibration is None:
@@ -125,7 +133,7 @@ def cache_key(
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -134,6 +142,21 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def encode_for_gram(
+    tokenizer: Any, examples: Sequence[SFTExample], max_length: int
+) -> list[tuple[list[int], list[int]]]:
+    """Every token's inputs count for a Gram matrix: the chat-templated ids, cut at max_length, no labels."""
+    encoded: list[tuple[list[int], list[int]]] = []
+    for e in examples:
+        enc: Any = tokenizer.apply_chat_template(e.messages, tokenize=True, return_dict=True)
+        encoded.append((list(enc["input_ids"])[:max_length], []))
+    return encoded
+
+
+def pad_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
 
 def compute_statistics(
@@ -153,11 +176,8 @@ def compute_statistics(
     from branchmerge.merge.search_score import encode_examples
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if kind == "gram":  # every token's inputs count; no labels needed (nor a template that marks them)
-        encoded: list[tuple[list[int], list[int]]] = []
-        for e in examples:
-            enc: Any = tokenizer.apply_chat_template(e.messages, tokenize=True, return_dict=True)
-            encoded.append((list(enc["input_ids"])[: s.max_length], []))
+    if kind == "gram":
+        encoded = encode_for_gram(tokenizer, examples, s.max_length)
     else:  # the log-likelihood of the assistant tokens, the labels SFT trains on
         encoded = [
             (ids[: s.max_length], labels[: s.max_length])
@@ -172,9 +192,8 @@ def compute_statistics(
             progress.advance(task, k)
 
     if kind == "gram":
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         stats, _ = gram_statistics(
-            model, encoded, names, batch_size=s.batch_size, pad_id=pad_id, advance=advance
+            model, encoded, names, batch_size=s.batch_size, pad_id=pad_id(tokenizer), advance=advance
         )
     else:
         stats = fisher_statistics(model, encoded, names, advance=advance)
@@ -183,25 +202,29 @@ def compute_statistics(
 
 
 class StatisticsReader:
-    """Per input, its statistics file; `read(name)` gives each input's statistic for one tensor (or None)."""
+    """Per input, its statistics file (or files: the sequential Gram matrices come one file per layer);
+    `read(name)` gives each input's statistic for one tensor (or None)."""
 
-    def __init__(self, files: Sequence[Path], device: torch.device):
-        self.files, self.device = list(files), device
-        self._handles: list[Any] = []
+    def __init__(self, files: Sequence[Path | Sequence[Path]], device: torch.device):
+        self.files = [[f] if isinstance(f, Path) else list(f) for f in files]
+        self.device = device
+        self._where: list[dict[str, Any]] = []  # per input, tensor name -> the open file holding it
 
     def __enter__(self) -> StatisticsReader:
-        self._handles = [safe_open(f, framework="pt") for f in self.files]
+        for paths in self.files:
+            handles = [safe_open(f, framework="pt") for f in paths]
+            self._where.append({name: h for h in handles for name in h.keys()})  # noqa: SIM118
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._handles.clear()
+        self._where.clear()
 
     def read(self, name: str) -> list[torch.Tensor] | None:
-        if not all(name in h.keys() for h in self._handles):  # noqa: SIM118 (a handle is not iterable)
+        if not all(name in where for where in self._where):
             return None
-        return [h.get_tensor(name).to(self.device) for h in self._handles]
+        return [where[name].get_tensor(name).to(self.device) for where in self._where]
 
 
 def load_statistics(
@@ -240,6 +263,6 @@ def load_statistics(
                     "examples": source.path,
                     "n": str(len(examples)),
                 }
-                _save_atomic(stats, path, meta)
+                save_atomic(stats, path, meta)
             files.append(path)
     return files

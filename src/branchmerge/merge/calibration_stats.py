@@ -3,7 +3,9 @@
 - `gram_statistics` (RegMean, `methods/regmean.py`): for every nn.Linear, G = X^T X / N over the N non-padding
   tokens of the examples, X being the layer's inputs (a forward hook sees them). Accumulated in fp32 on the
   model's device: all of a model's Gram matrices are held at once (Qwen3-4B: about 18 GB, most of it down_proj's
-  9728 x 9728 per layer), so large models want `--device cuda`.
+  9728 x 9728 per layer), so large models want `--device cuda`. With `stop_early` the forward pass of a batch
+  ends as soon as every hooked layer has seen it: the sequential variant (`calibration_sequential.py`) hooks
+  one decoder layer at a time and needs nothing after it.
 - `fisher_statistics` (Fisher averaging, `methods/fisher.py`): for every parameter, the mean over examples of the
   squared gradient of log p(y | x), the log-likelihood of the example's assistant tokens given everything
   before them (the labels SFT trains on). One backward per example: the empirical Fisher squares per-example
@@ -15,6 +17,7 @@ Both take examples already encoded as (input_ids, labels) with labels = IGNORE o
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -24,6 +27,10 @@ from torch import nn
 
 IGNORE = -100  # the label of tokens outside the assistant turns (as in `search_score`)
 Encoded = Sequence[tuple[list[int], list[int]]]
+
+
+class _Stop(Exception):  # noqa: N818 (not an error: ends a forward pass whose remaining layers are not needed)
+    pass
 
 
 def _padded(batch: Encoded, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,20 +53,27 @@ def gram_statistics(
     batch_size: int = 8,
     pad_id: int = 0,
     advance: Callable[[int], Any] = lambda n: None,
+    stop_early: bool = False,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """({"<module>.weight": X^T X / N} for every nn.Linear whose weight is in `names`, N tokens).
 
     `names` are the checkpoint's tensor names: a tied lm_head (its weight stored as the embedding) is left out.
+    `stop_early`: end each forward pass once every hooked layer has run on the batch (each runs once per pass).
     """
     device = next(model.parameters()).device
     sums: dict[str, torch.Tensor] = {}
     keep = torch.zeros(0, dtype=torch.bool)  # the current batch's non-padding positions, flattened
     hooks = []
+    seen: set[str] = set()  # hooked layers the current batch has reached
 
     def hook(name: str) -> Callable[..., None]:
         def accumulate(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             x = args[0].reshape(-1, args[0].shape[-1])[keep].float()  # tokens x d_in
             sums[name] += x.T @ x
+            if stop_early:
+                seen.add(name)
+                if len(seen) == len(sums):
+                    raise _Stop
 
         return accumulate
 
@@ -77,7 +91,9 @@ def gram_statistics(
             ids, mask = _padded(batch, pad_id)
             keep = mask.reshape(-1).bool().to(device)
             tokens += int(mask.sum())
-            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+            seen.clear()
+            with contextlib.suppress(_Stop):
+                model(input_ids=ids.to(device), attention_mask=mask.to(device))
             advance(len(batch))
     finally:
         for h in hooks:

@@ -6,7 +6,8 @@ appends each result to its safetensors shard as soon as it is ready (`writer.py`
 input files for the model card meanwhile, or finds their digests cached from an earlier merge (`model_files.py`).
 The math runs on `runtime.policy("merge")`'s intra-op threads. Tensors whose output is exactly one input (SLERP at t = 0 or 1, say)
 are read from that input only and written byte for byte. The data-aware methods (regmean, fisher) first compute
-or reuse each input's calibration statistics (`calibration.py`) and read them beside the weights, one tensor at a
+or reuse each input's calibration statistics (`calibration.py`; RegMean's sequential variant computes them layer
+by layer on the merge so far, `calibration_sequential.py`) and read them beside the weights, one tensor at a
 time; they do not stream, so their largest tensors are held whole.
 
 Tensors of STREAM_MIN_ELEMENTS or more (in a Qwen3 model, the 151936-row embedding and lm_head) never sit in
@@ -38,6 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from branchmerge import runtime
 from branchmerge.errors import BranchmergeError
 from branchmerge.merge.calibration import StatisticsReader, load_statistics
+from branchmerge.merge.calibration_sequential import is_sequential, sequential_statistics
 from branchmerge.merge.checkpoint import LazyTensor, TensorReader
 from branchmerge.merge.config import MergeConfig, load_merge_configs, validate_merge_config
 from branchmerge.merge.methods.chunks import chunk_slices
@@ -229,6 +231,19 @@ def _statistics(
     """For a data-aware method (regmean, fisher), its inputs' calibration statistics; else None."""
     if plan.method.calibration is None:
         yield None
+        return
+    if is_sequential(plan):  # RegMean++: computed afresh beside the output, never cached
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.grams-", dir=out.parent) as work:
+            seq_files = sequential_statistics(
+                plan,
+                Path(work),
+                lambda job, raw: _compute(plan, job, raw, device),
+                device=device,
+                show_progress=show_progress,
+            )
+            with StatisticsReader(seq_files, device) as reader:
+                yield reader
         return
     files = load_statistics(
         plan.config,

@@ -22,7 +22,13 @@ average of its weights. Only nn.Linear weights have a Gram matrix: every other t
 biases, a tied lm_head) falls back to the plain weighted average sum_i lambda_i theta_i / sum_i lambda_i, as in
 the paper.
 
-YAML: global `alpha` (default 0.9; the paper tunes it per task), per-model `weight` (default 1). Every model needs a `calibration:` source.
+Sequential variant (RegMean++, Nguyen et al. 2025, arXiv 2508.03121): with `sequential: true` the G_i of layer
+l come from expert i's examples run through the *merged* layers before l rather than through expert i alone, so
+each layer's regression sees the inputs it will get in the merged model (`calibration_sequential.py`). The
+formula above is unchanged; only the statistics differ, and they are computed afresh for every merge.
+
+YAML: global `alpha` (default 0.9; the paper tunes it per task), global `sequential` (default false; one value
+for the whole merge), per-model `weight` (default 1). Every model needs a `calibration:` source.
 """
 
 from __future__ import annotations
@@ -85,7 +91,12 @@ METHOD = MergeMethod(
     params={
         "alpha": ParamSpec(
             default=0.9, low=0.0, high=1.0, help="scale of the Gram matrices' off-diagonal entries (2)"
-        )
+        ),
+        "sequential": ParamSpec(
+            kind="bool",
+            default=False,
+            help="RegMean++: take layer l's Gram matrices from the merged layers before it",
+        ),
     },
     model_params={"weight": ParamSpec(default=1.0, low=0.0, help="this model's weight lambda_i")},
     check=_check,
