@@ -16,6 +16,16 @@ import torch  # noqa: E402
 from branchmerge.tinylab.modeling import random_model, save_checkpoint, tiny_qwen3_config  # noqa: E402
 from branchmerge.tinylab.tokenizer import build_tokenizer  # noqa: E402
 
+# The files that take longest (about half the suite's time together), run first: pyproject's addopts give each
+# file to one of two workers in this order, so no worker starts a long file when the other is nearly done.
+LONG_FILES = ("test_demo.py", "test_shipped_recipes.py", "test_train_distributed.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    # a stable sort: the other files keep their order
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread() -> Iterator[None]:
