@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from branchmerge import runtime
+
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 in their environment (a plain pytest process has
+# neither); a rich Console created at import (the CLI's) would keep that width for good, and a test that gives the
+# CLI a width of its own would see its output wrapped at 80. Every test runs as in a plain pytest process.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 runtime.prepare_environment()  # before torch loads libgomp: idle OpenMP threads sleep instead of spinning
 
