@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,12 +10,28 @@ import pytest
 
 from branchmerge import runtime
 
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 in their environment (a plain pytest process has
+# neither); a rich Console created at import (the CLI's) would keep that width for good, and a test that gives the
+# CLI a width of its own would see its output wrapped at 80. Every test runs as in a plain pytest process.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 runtime.prepare_environment()  # before torch loads libgomp: idle OpenMP threads sleep instead of spinning
 
 import torch  # noqa: E402
 
 from branchmerge.tinylab.modeling import random_model, save_checkpoint, tiny_qwen3_config  # noqa: E402
 from branchmerge.tinylab.tokenizer import build_tokenizer  # noqa: E402
+
+# The files that take longest (about half the suite's time together), run first: pyproject's addopts give each
+# file to one of two workers in this order, so no worker starts a long file when the other is nearly done.
+LONG_FILES = ("test_demo.py", "test_shipped_recipes.py", "test_train_distributed.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    # a stable sort: the other files keep their order
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
 
 
 @pytest.fixture(scope="session", autouse=True)
