@@ -1,7 +1,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from branchmerge.teachers.local import LocalModel, SamplingParams
+from branchmerge.teachers.local import LocalModel, SamplingParams, _sample_rows
 from branchmerge.teachers.thinking import split_reasoning
 from branchmerge.tinylab.weights import student_dir
 
@@ -117,3 +117,29 @@ def test_a_seeded_row_draws_the_same_tokens_whatever_its_batch(tiny_model_dir):
     assert lm.complete([*others, mine])[3] == alone
     assert lm.complete([mine, *others])[0] == alone
     assert alone != lm.complete([others[2]])[0]
+
+
+def _one_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
+    """The per-row reference: temperature, top-p filter, then torch.multinomial with the row's generator."""
+    probs = torch.softmax(logits / p.temperature, dim=-1)
+    if p.top_p < 1.0:
+        sorted_p, idx = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < p.top_p
+        probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def test_batched_draws_equal_torch_multinomial_row_by_row():
+    torch.manual_seed(0)
+    for trial in range(20):
+        rows = 1 + trial % 9
+        logits = torch.randn(rows, 331) * (1 + trial % 5)
+        params = [
+            SamplingParams([0.6, 1.0, 0.3][i % 3], [0.95, 1.0, 0.5, 0.9][(i + trial) % 4], 8, trial * 100 + i)
+            for i in range(rows)
+        ]
+        ref = [torch.Generator().manual_seed(p.seed) for p in params]
+        mine = [torch.Generator().manual_seed(p.seed) for p in params]
+        for _step in range(3):  # the generators advance alike
+            want = [_one_row(logits[i], params[i], ref[i]) for i in range(rows)]
+            assert _sample_rows(logits, params, mine).tolist() == want

@@ -157,19 +157,34 @@ def _generator(p: SamplingParams) -> torch.Generator:
 def _next_tokens(
     logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator | None]
 ) -> list[int]:
-    """One token per row: the argmax of the whole batch at once for greedy rows, and a draw from each sampled
-    row's own generator."""
-    toks = logits.argmax(-1).tolist()
-    for j, (p, g) in enumerate(zip(params, gens, strict=True)):
-        if g is not None:
-            toks[j] = _sample_row(logits[j], p, g)
-    return toks
+    """One token per row: greedy rows take their argmax, sampled rows a draw from their own generator; the
+    arithmetic runs on the whole batch at once."""
+    toks = logits.argmax(-1)
+    rows = [j for j, g in enumerate(gens) if g is not None]
+    if rows:
+        picked = torch.tensor(rows)
+        sampled = [params[j] for j in rows]
+        drawn = _sample_rows(logits[picked], sampled, [cast(torch.Generator, gens[j]) for j in rows])
+        toks[picked] = drawn
+    return [int(t) for t in toks.tolist()]
 
 
-def _sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
-    probs = torch.softmax(logits / p.temperature, dim=-1)
-    if p.top_p < 1.0:
-        sorted_p, idx = probs.sort(descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < p.top_p  # smallest set whose mass reaches top_p
-        probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=gen))
+def _sample_rows(
+    logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator]
+) -> torch.Tensor:
+    """Temperature, then top-p (the smallest set of tokens whose mass reaches top_p), then one draw per row.
+
+    The draw is `torch.multinomial`'s own for one sample (argmax of p / q with q ~ Exp(1), drawn from the row's
+    generator), written out so that everything but drawing q runs on all rows together; a row's token is the one
+    `torch.multinomial(p, 1, generator=g)` gives for that row alone.
+    """
+    temperature = torch.tensor([[p.temperature] for p in params], dtype=logits.dtype)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    top_p = torch.tensor([[p.top_p] for p in params], dtype=probs.dtype)
+    sorted_p, idx = probs.sort(dim=-1, descending=True)
+    keep = (sorted_p.cumsum(-1) - sorted_p < top_p) | (top_p >= 1.0)
+    probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p * keep)
+    q = torch.stack(
+        [torch.empty(probs.shape[-1], dtype=probs.dtype).exponential_(1, generator=g) for g in gens]
+    )
+    return (probs / q).argmax(-1)
