@@ -93,7 +93,7 @@ def evaluate(
     engine: EngineOption = "auto",
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Local checkpoint: sequences decoded together.")
-    ] = 64,
+    ] = 256,
 ) -> None:
     """Evaluate a model, n samples per item at the given sampling settings, graded by the items' graders; print
     pass@1 per domain and the truncation rate. A rerun resumes where the last one stopped; delete OUT to start

@@ -42,6 +42,10 @@ from branchmerge.teachers.config import TeacherConfig
 
 STOP_POLL_S = 0.1  # how often requests in flight check whether they should stop
 SERVE_BATCH_WAIT_S = 0.05  # a served local model waits this long for its batch to fill
+# Rows a local checkpoint decodes together by default. The demo's evaluation of a tiny model (1,200 items, greedy,
+# 200 max tokens, one thread) took the least CPU at 256: fewer, fuller steps than at 64 or 128, while one batch
+# of all 1,200 rows spends its last steps on a few long answers.
+DEFAULT_BATCH = 256
 
 Counter = Callable[[Trace], int]  # reasoning tokens of a completion
 Generate = Callable[[list[Problem], Path, threading.Event], None]  # (problems, outputs file, stop) -> None
@@ -119,6 +123,8 @@ def in_process(
         repair_tail(outputs)
         present = {t.key for t in read_jsonl(outputs, Trace)} if outputs.exists() else set()
         rows = [(p, k) for p in problems for k in range(s.n) if (p.id, name, k) not in present]
+        # Similar prompts together: a batch pads its prompts less, and its rows tend to finish together.
+        rows.sort(key=lambda row: len(row[0].question))
         params = sum(int(p.numel()) for p in lm.model.parameters())
         with _progress(show_progress) as bar, runtime.using("eval", params=params):
             task = bar.add_task(name, total=len(rows))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.evaluate.generation import (
+    DEFAULT_BATCH,
     Counter,
     Sampling,
     endpoint_generate,
@@ -57,7 +58,7 @@ def evaluate_model(
     top_p: float = 1.0,
     max_tokens: int = 256,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH,
     serve: bool = False,
     engine: str = "auto",
     judge: TeacherConfig | None = None,

@@ -41,11 +41,13 @@ def teacher_endpoint(
     teacher: TeacherSpec, checkpoint: Path | None, engine: str = "auto"
 ) -> Iterator[TeacherConfig]:
     """The teacher as a client config; a local checkpoint is served on 127.0.0.1 by `engine` while the block
-    runs."""
+    runs, the built-in server decoding up to `max_concurrency` requests in one batch."""
     passed = teacher.model_dump(exclude={"name", "generates", "checkpoint", "base_url", "model"})
     if checkpoint is not None:
         model = teacher.model or checkpoint.name
-        with serve_checkpoint(checkpoint, engine=engine, model_name=model, what="engine") as url:
+        with serve_checkpoint(
+            checkpoint, engine=engine, model_name=model, what="engine", max_batch=teacher.max_concurrency
+        ) as url:
             yield TeacherConfig(name=teacher.name, base_url=url, model=model, **passed)
     else:
         assert teacher.base_url is not None and teacher.model is not None

@@ -2,18 +2,22 @@
 
 `transformers.generate` applies one temperature and one RNG to a whole batch; a server that batches requests
 from different clients needs each row to keep its own settings and its own seeded generator, so this loop
-samples row by row over a shared KV cache.
+decodes the rows over a shared KV cache and draws each sampled row's token from that row's generator (greedy
+rows take the batch's argmax at once). A request's tokens therefore depend on its own seed, not on its batch
+mates. A row that has finished (a stop token, or its `max_tokens`) leaves the batch and the cache at once, so the
+steps after it cost only the rows still decoding.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
 from branchmerge.errors import BranchmergeError
 from branchmerge.teachers.thinking import split_reasoning
@@ -66,6 +70,9 @@ class LocalModel:
         eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.stop_ids = {i for i in eos if i is not None}
         self._lock = threading.Lock()  # one forward pass at a time per model
+        # transformers renamed the forward's `past_key_values` to `cache` (5.x); pass whichever this one takes.
+        forward_args = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         ids: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -97,56 +104,87 @@ class LocalModel:
         for i, p in enumerate(prompts):  # left padding
             input_ids[i, width - len(p) :] = torch.tensor(p)
             attention[i, width - len(p) :] = 1
-        gens = []
-        for sp in params:
-            g = torch.Generator()
-            g.manual_seed(sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-            gens.append(g)
-        max_new = max(p.max_tokens for p in params)
+        gens = [_generator(sp) if sp.temperature > 0 else None for sp in params]
         out: list[list[int]] = [[] for _ in range(b)]
-        done = [False] * b
         reasons = ["length"] * b
-        past = None
+        live = list(range(b))  # the original index of each row still in the batch
+        cache = DynamicCache(config=self.model.config)
         cur = input_ids.to(self.device)
         attention = attention.to(self.device)
-        for _step in range(max_new):
+        for _step in range(max(p.max_tokens for p in params)):
             position_ids = (attention.cumsum(-1) - 1).clamp(min=0)[:, -cur.shape[1] :]
-            res = self.model(
+            logits = self.model(
                 input_ids=cur,
                 attention_mask=attention,
                 position_ids=position_ids,
-                past_key_values=past,
                 use_cache=True,
-            )
-            past = res.past_key_values
-            logits = res.logits[:, -1, :].float().cpu()
-            nxt = torch.full((b,), pad, dtype=torch.long)
-            for i in range(b):
-                if done[i]:
-                    continue
-                tok = _sample_row(logits[i], params[i], gens[i])
-                nxt[i] = tok
+                logits_to_keep=1,
+                **{self._cache_arg: cache},
+            ).logits[:, -1, :]
+            toks = _next_tokens(logits.float().cpu(), [params[i] for i in live], [gens[i] for i in live])
+            keep = []
+            for j, i in enumerate(live):
+                tok = toks[j]
                 if tok in self.stop_ids:
-                    done[i], reasons[i] = True, "stop"
-                else:
-                    out[i].append(tok)
-                    if len(out[i]) >= params[i].max_tokens:
-                        done[i] = True
-            if all(done):
+                    reasons[i] = "stop"
+                    continue
+                out[i].append(tok)
+                if len(out[i]) < params[i].max_tokens:
+                    keep.append(j)
+            if not keep:
                 break
+            nxt = torch.tensor(toks, dtype=torch.long)
+            if len(keep) < len(live):  # finished rows leave the batch and the cache
+                rows = torch.tensor(keep, dtype=torch.long)
+                cache.batch_select_indices(rows.to(self.device))
+                attention = attention[rows.to(self.device)]
+                nxt = nxt[rows]
+                live = [live[j] for j in keep]
             cur = nxt.unsqueeze(1).to(self.device)
             attention = torch.cat(
-                [attention, torch.ones((b, 1), dtype=attention.dtype, device=self.device)], dim=1
+                [attention, torch.ones((len(live), 1), dtype=attention.dtype, device=self.device)], dim=1
             )
         return out, reasons
 
 
-def _sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
-    if p.temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / p.temperature, dim=-1)
-    if p.top_p < 1.0:
-        sorted_p, idx = probs.sort(descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < p.top_p  # smallest set whose mass reaches top_p
-        probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=gen))
+def _generator(p: SamplingParams) -> torch.Generator:
+    """The row's own random stream: its draws depend on its seed only, never on its batch mates."""
+    g = torch.Generator()
+    g.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    return g
+
+
+def _next_tokens(
+    logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator | None]
+) -> list[int]:
+    """One token per row: greedy rows take their argmax, sampled rows a draw from their own generator; the
+    arithmetic runs on the whole batch at once."""
+    toks = logits.argmax(-1)
+    rows = [j for j, g in enumerate(gens) if g is not None]
+    if rows:
+        picked = torch.tensor(rows)
+        sampled = [params[j] for j in rows]
+        drawn = _sample_rows(logits[picked], sampled, [cast(torch.Generator, gens[j]) for j in rows])
+        toks[picked] = drawn
+    return [int(t) for t in toks.tolist()]
+
+
+def _sample_rows(
+    logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator]
+) -> torch.Tensor:
+    """Temperature, then top-p (the smallest set of tokens whose mass reaches top_p), then one draw per row.
+
+    The draw is `torch.multinomial`'s own for one sample (argmax of p / q with q ~ Exp(1), drawn from the row's
+    generator), written out so that everything but drawing q runs on all rows together; a row's token is the one
+    `torch.multinomial(p, 1, generator=g)` gives for that row alone.
+    """
+    temperature = torch.tensor([[p.temperature] for p in params], dtype=logits.dtype)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    top_p = torch.tensor([[p.top_p] for p in params], dtype=probs.dtype)
+    sorted_p, idx = probs.sort(dim=-1, descending=True)
+    keep = (sorted_p.cumsum(-1) - sorted_p < top_p) | (top_p >= 1.0)
+    probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p * keep)
+    q = torch.stack(
+        [torch.empty(probs.shape[-1], dtype=probs.dtype).exponential_(1, generator=g) for g in gens]
+    )
+    return (probs / q).argmax(-1)
