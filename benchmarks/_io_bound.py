@@ -1,11 +1,15 @@
-"""The IO bound of a merge: read every tensor of every input, write one model's worth of tensors. No math.
+"""The IO bound of a merge: read every byte of every input's weights, write one model's worth. No math.
 
     python benchmarks/_io_bound.py OUT_DIR INPUT_DIR [INPUT_DIR ...]
 
-Reads tensor by tensor in the first input's order through `safe_open` (as a streaming merge does), keeps the
-first input's copy, and writes it in the first input's shard layout with safetensors' `save_file`, each shard
-as soon as it is complete. Imports only torch and safetensors, so its start-up is the least a Python merge
-can have. Run as a subprocess by merge_bench.py, which times it.
+Plain file IO into one reused buffer (`readinto`, 16 MB blocks): every weight file of every input is read in
+full, and the first input's weight files are written to OUT_DIR as they are read (same names, same bytes), so
+the output has the size and shard layout of one model. It imports torch, as any torch-based merge (ours,
+mergekit) must, so start-up is counted the same way; nothing else (not transformers). Run as a subprocess by merge_bench.py and
+busy_bench.py, which time it.
+
+safetensors' `safe_open(...).get_tensor` (0.8) returns tensors backed by the memory-mapped file without copying,
+so an IO pass built on it would read nothing of an input it does not write: plain reads touch every byte.
 """
 
 from __future__ import annotations
@@ -14,38 +18,42 @@ import json
 import sys
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import save_file
+import torch  # noqa: F401  (start-up: a torch-based merge pays this import)
+
+BLOCK = 16 << 20
 
 
-def _layout(model_dir: Path) -> dict[str, list[str]]:
-    """Shard file name -> tensor names, in file order."""
+def weight_files(model_dir: Path) -> list[Path]:
+    """As `_checkpoints.weight_files`, which this does not import (it imports transformers)."""
     index = model_dir / "model.safetensors.index.json"
-    if not index.is_file():
-        with safe_open(model_dir / "model.safetensors", framework="pt") as f:
-            return {"model.safetensors": list(f.keys())}
-    shards: dict[str, list[str]] = {}
-    for name, file in json.loads(index.read_text())["weight_map"].items():
-        shards.setdefault(file, []).append(name)
-    return shards
+    if index.is_file():
+        return sorted({model_dir / f for f in json.loads(index.read_text())["weight_map"].values()})
+    return [model_dir / "model.safetensors"]
 
 
-def _file_of(model_dir: Path) -> dict[str, Path]:
-    return {n: model_dir / file for file, names in _layout(model_dir).items() for n in names}
+def _pass(src: Path, buffer: memoryview, dst: Path | None) -> None:
+    with open(src, "rb", buffering=0) as f:
+        out = open(dst, "wb", buffering=0) if dst is not None else None  # noqa: SIM115
+        try:
+            while n := f.readinto(buffer):
+                if out is not None:
+                    out.write(buffer[:n])
+        finally:
+            if out is not None:
+                out.close()
 
 
 def io_pass(out_dir: Path, inputs: list[Path]) -> None:
     out_dir.mkdir(parents=True, exist_ok=False)
-    files = [_file_of(m) for m in inputs]
-    handles = {f: safe_open(f, framework="pt") for index in files for f in set(index.values())}
-    for shard, names in _layout(inputs[0]).items():
-        out = {}
-        for name in names:
-            tensors = [handles[index[name]].get_tensor(name) for index in files]
-            out[name] = tensors[0]
-            del tensors
-        save_file(out, str(out_dir / shard), metadata={"format": "pt"})
-        del out
+    buffer = memoryview(bytearray(BLOCK))
+    index = inputs[0] / "model.safetensors.index.json"
+    if index.is_file():
+        (out_dir / index.name).write_bytes(index.read_bytes())
+    for model in inputs[1:]:
+        for f in weight_files(model):
+            _pass(f, buffer, None)
+    for f in weight_files(inputs[0]):
+        _pass(f, buffer, out_dir / f.name)
 
 
 if __name__ == "__main__":

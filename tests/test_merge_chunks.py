@@ -3,6 +3,8 @@ bracket of TIES's k-th largest magnitude is exact (including its fallback), and 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -236,3 +238,37 @@ def test_gram_is_the_same_on_any_number_of_threads() -> None:
         two = gram(a, b)
         assert torch.get_num_threads() == 2  # gram restores the caller's setting
     assert one == two
+
+
+@pytest.mark.parametrize(("method", "p"), CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
+@pytest.mark.parametrize("sink", [False, True], ids=["returned", "sunk"])
+def test_blocks_inside_chunks_give_the_bits_of_whole_chunks(monkeypatch, method, p, sink):
+    # elementwise work goes block by block inside each chunk (`chunks.BLOCK`): 37-element blocks, which never
+    # line up with the 500-element chunks, must give the bits of one block per chunk, returned or streamed
+    n_inputs = 2 if method == "slerp" else 3
+    thetas = [_rand(64, 33, seed=s, dtype=torch.bfloat16) for s in range(n_inputs)]
+    monkeypatch.setattr(chunks, "CHUNK", 500)
+    monkeypatch.setattr(task_vector, "SAMPLE", 256)
+
+    def run() -> torch.Tensor:
+        if not sink:
+            return METHODS[method].apply(thetas, p)
+        pieces: list[torch.Tensor] = []
+        assert METHODS[method].apply(thetas, dataclasses.replace(p, sink=pieces.append)) is None
+        return torch.cat(pieces).view(64, 33)  # each piece its own tensor, not a reused buffer
+
+    monkeypatch.setattr(chunks, "BLOCK", 1 << 20)
+    whole = run()
+    monkeypatch.setattr(chunks, "BLOCK", 37)
+    monkeypatch.setattr("branchmerge.merge.methods.slerp.BLOCK", 37)
+    assert torch.equal(whole, run())
+
+
+def test_a_result_does_not_share_the_scratch_buffers_of_the_next_merge():
+    from branchmerge.merge.methods.slerp import slerp
+
+    a, b, c, d = (_rand(300, seed=s, dtype=torch.bfloat16) for s in range(4))
+    first = slerp(0.3, a, b)
+    kept = first.clone()
+    slerp(0.6, c, d)
+    assert torch.equal(first, kept)

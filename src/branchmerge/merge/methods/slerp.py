@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from branchmerge.merge.methods.chunks import gram, map_chunks, widen_small
+from branchmerge.merge.methods.chunks import BLOCK, blocks, chunk_slices, flat, gram, scratch, widen_small
 from branchmerge.merge.methods.contract import MergeMethod, ParamSpec, TensorParams
 
 DOT_THRESHOLD = 0.9995
@@ -51,7 +51,47 @@ def slerp(
         sin_omega = math.sin(omega)
         s_0 = math.sin((1 - t) * omega) / sin_omega  # (2)
         s_1 = math.sin(t * omega) / sin_omega
-    return map_chunks([theta_0, theta_1], lambda sl, c: c[0] * s_0 + c[1] * s_1, out_dtype, sink)
+    return _combine(theta_0, theta_1, s_0, s_1, out_dtype, sink)
+
+
+def _combine(
+    theta_0: torch.Tensor,
+    theta_1: torch.Tensor,
+    s_0: float,
+    s_1: float,
+    out_dtype: torch.dtype,
+    sink: Callable[[torch.Tensor], None] | None,
+) -> torch.Tensor | None:
+    """s_0 * theta_0 + s_1 * theta_1 as `map_chunks` would compute it (chunks read whole, worked on a block at a
+    time), each product widened and scaled in a scratch buffer: the same fp32 operations in the same order,
+    without a fresh temporary per operation."""
+    f_0, f_1 = flat([theta_0, theta_1])
+    n = f_0.numel()
+    device = f_0.device
+    out = None if sink is not None else torch.empty(n, dtype=out_dtype, device=device)
+    for sl in chunk_slices(n):
+        c_0, c_1 = f_0[sl], f_1[sl]  # a LazyTensor reads its chunk here
+        target = (
+            out[sl] if out is not None else torch.empty(sl.stop - sl.start, dtype=out_dtype, device=device)
+        )
+        for sub in blocks(sl, BLOCK):
+            at = slice(sub.start - sl.start, sub.stop - sl.start)
+            a = scratch("slerp0", sub.stop - sub.start, device)
+            b = scratch("slerp1", sub.stop - sub.start, device)
+            _scaled(c_0[at], s_0, a)
+            _scaled(c_1[at], s_1, b)
+            target[at] = a.add_(b)
+        if sink is not None:
+            sink(target)
+    return None if out is None else out.view(theta_0.shape)
+
+
+def _scaled(part: torch.Tensor, s: float, buffer: torch.Tensor) -> None:
+    """buffer = fp32(part) * s: an fp32 part is multiplied straight into the buffer, another widened there first."""
+    if part.dtype == torch.float32:
+        torch.mul(part, s, out=buffer)
+    else:
+        buffer.copy_(part).mul_(s)
 
 
 def _apply(thetas: Sequence[torch.Tensor], p: TensorParams) -> torch.Tensor | None:

@@ -89,14 +89,16 @@ def top_k(magnitude: Callable[[Index], torch.Tensor], n: int, k: int, l1: bool =
     above = 0
     above_l1 = total_l1 = 0.0
     inside: list[torch.Tensor] = []
-    for sl in slices:
+    # counting and collecting are exact in any order, so they go block by block (`chunks.BLOCK`, cache-sized);
+    # the L1 sums stay whole chunks, whose fp64 sums `rescale` depends on
+    for sl in (sub for chunk in slices for sub in chunks.blocks(chunk, None if l1 else chunks.BLOCK)):
         m = magnitude(sl)
         big = m > hi
         above += int(torch.count_nonzero(big))
         if l1:
             total_l1 += float(m.sum(dtype=torch.float64))
             above_l1 += float(m[big].sum(dtype=torch.float64))
-        inside.append(m[(m >= lo) & ~big])
+        inside.append(m[(m >= lo) & (m <= hi)])
     candidates = torch.cat(inside)
     if not above < k <= above + candidates.numel():  # the bracket missed: select among all of them
         candidates, above, above_l1 = torch.cat([magnitude(sl) for sl in slices]), 0, 0.0
@@ -310,7 +312,9 @@ def task_vector_merge(
             merged = merged * lambda_
         return theta_base_c + merged
 
-    return map_chunks([theta_base, *thetas], merge_chunk, out_dtype, sink)
+    # elementwise, so block by block; DARE's drop mask is drawn per whole chunk, so it keeps whole chunks
+    block = None if settings.sparsify == "random" else chunks.BLOCK
+    return map_chunks([theta_base, *thetas], merge_chunk, out_dtype, sink, block)
 
 
 def task_vector_params(normalize: bool, rescale: bool, seeded: bool = False) -> dict[str, ParamSpec]:
