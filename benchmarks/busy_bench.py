@@ -3,6 +3,7 @@
     python benchmarks/busy_bench.py --workloads train,generate --repeat 3
     python benchmarks/busy_bench.py --workloads slerp,ties --shape 0.5b --repeat 3 --mergekit /tmp/mk/bin/mergekit-yaml
     python benchmarks/busy_bench.py --workloads slerp,ties --shape 0.1b,0.5b --variants ours,ours-cached,mergekit,io
+    python benchmarks/busy_bench.py --workloads demo-quick --repeat 3
 
 "quiet" adds no load of ours (other users of the machine are not under our control: the 1-minute load average is
 printed with every figure); "busy" starts one `python -c "while True: pass"` at the same priority for the run.
@@ -24,6 +25,8 @@ Variants:
   `ours-cached` gets an empty digest cache, so ours hashes its inputs every time, as a first merge does.
   After the table, the issue's targets per merge and condition: ours vs mergekit (>= 2x quiet, >= 1.5x busy)
   and SLERP vs io (<= 1.3x quiet), from the medians and from the per-repeat paired ratios.
+- demo-quick: `branchmerge demo --quick` into a fresh folder (`ours`, the only variant), wall time of the
+  whole process; its targets: <= 120 s quiet, <= 180 s busy.
 A run longer than --timeout is stopped (marked with `>`): a small workload counts the units it finished, a
 merge counts the timeout, so either figure is a lower bound.
 """
@@ -73,6 +76,13 @@ def small_variants(workload: str) -> dict[str, tuple[list[str], dict[str, str]]]
         "passive-1": ([*script, "torch"], {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}),
     }
 
+
+# the quick demo in a fresh folder, its console output dropped (run_once reads a workload's stdout as figures)
+DEMO_QUICK = (
+    "import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-m', 'branchmerge', 'demo', '--quick', "
+    "'--out', sys.argv[1]], stdout=subprocess.DEVNULL).returncode)"
+)
+DEMO_TARGETS = {"quiet": 120.0, "busy": 180.0}  # seconds
 
 MERGE_VARIANTS = ("ours", "ours-cached", "ours-before", "ours-1", "ours-torch", "mergekit", "io")
 
@@ -205,6 +215,16 @@ def _paired(a: dict, b: dict) -> list[float]:
     return [x / y for x, y in zip(a["runs"], b["runs"], strict=True)]
 
 
+def print_demo_targets(rows: list[dict]) -> None:
+    for r in (r for r in rows if r["workload"] == "demo-quick"):
+        goal = DEMO_TARGETS[r["condition"]]
+        verdict = "PASS" if r["median_s"] <= goal and not r["timed_out"] else "FAIL"
+        print(
+            f"  demo-quick {r['condition']:5} median {r['median_s']:.1f} s ({r['min_s']:.1f}-{r['max_s']:.1f}) "
+            f"[<= {goal:.0f} s: {verdict}]   (load {r['load_1m']:.1f})"
+        )
+
+
 def print_targets(rows: list[dict]) -> None:
     """The merge targets of the issue, for each merge, condition and ours-variant: from the medians and from
     the median of the per-repeat paired ratios (each ratio from two runs made side by side)."""
@@ -278,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for w in (w for w in workloads if w in ("train", "generate")):
             rows += bench(w, small_variants(w), args, root)
+        if "demo-quick" in workloads:
+            rows += bench(
+                "demo-quick", {"ours": ([sys.executable, "-c", DEMO_QUICK, "{out}"], {})}, args, root
+            )
         merges = [w for w in workloads if w in ("slerp", "ties")]
         mergekit = find_mergekit(args.mergekit) if merges else None
         if merges and mergekit is None:
@@ -307,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     print_rows(rows, baseline)
     print_targets(rows)
+    print_demo_targets(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

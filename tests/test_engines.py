@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -191,3 +192,54 @@ def test_default_log_is_named_for_the_served_model(tiny_model_dir: Path, tmp_pat
         assert f"loading {tiny_model_dir} as Org/Model" in log.read_text()
     finally:
         log.unlink(missing_ok=True)
+
+
+def test_builtin_server_in_its_own_process_answers_and_stops(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`own_process`: `branchmerge serve` as a child (its decoding off this process's GIL), the same answers as
+    the in-thread server, and the child is gone after the block."""
+    problems = [Problem(id="p1", domain="d", question="abc 123", reference="x", grader={"type": "exact"})]
+    outs = {}
+    for own in (False, True):
+        with serve_checkpoint(tiny_model_dir, engine="builtin", model_name="tiny", own_process=own) as url:
+            health = httpx.get(url.removesuffix("/v1") + "/health").json()
+            assert health["model"] == "tiny"
+            cfg = TeacherConfig(name="tiny", base_url=url, model="tiny", max_retries=0)
+            out = tmp_path / f"own-{own}.jsonl"
+            generate_traces(problems, cfg, out, n=2, max_tokens=8, seed=3, show_progress=False)
+            outs[own] = [(t.sample, t.reasoning, t.answer) for t in read_jsonl(out, Trace)]
+        port = int(url.removesuffix("/v1").rsplit(":", 1)[1])
+        with pytest.raises(OSError):  # nothing listens there any more
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    assert sorted(outs[True]) == sorted(outs[False])  # seeded per request: the same tokens either way
+
+
+def test_own_process_server_takes_only_the_batch_size(tiny_model_dir: Path) -> None:
+    with (
+        pytest.raises(TypeError, match="batch_wait_s"),
+        serve_checkpoint(tiny_model_dir, engine="builtin", own_process=True, batch_wait_s=0.5),
+    ):
+        pass
+
+
+def test_a_server_started_for_a_process_exits_when_that_process_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the caller cannot stop its server, so the server watches its parent (`--parent-pid`)."""
+    child = (
+        "import sys, time; from branchmerge.teachers.serve import watch_parent; "
+        "watch_parent(int(sys.argv[1]), 0.05); print('watching', flush=True); time.sleep(60)"
+    )
+    parent = (
+        "import os, subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())]); print(p.pid, flush=True); "
+        "time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    server_pid = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "watching"  # the child's line, through the inherited pipe
+    assert running(server_pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while running(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(server_pid)

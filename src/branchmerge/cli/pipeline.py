@@ -25,6 +25,13 @@ def serve(
         str, typer.Option("--host", help="Address to bind; 127.0.0.1 keeps it local.")
     ] = "127.0.0.1",
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most sequences decoded together.")] = 32,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="The served model name (default: the folder's name).")
+    ] = None,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option("--parent-pid", help="Exit when this process is gone (a server started for it)."),
+    ] = None,
 ) -> None:
     """Serve a local checkpoint with an OpenAI-compatible API (/v1/chat/completions, /v1/models).
 
@@ -32,7 +39,7 @@ def serve(
     """
     from branchmerge.teachers.serve import serve as run_server
 
-    run_server(model, host=host, port=port, max_batch=max_batch)
+    run_server(model, host=host, port=port, model_name=model_name, max_batch=max_batch, parent_pid=parent_pid)
 
 
 @command("build-sft")

@@ -45,8 +45,14 @@ def teacher_endpoint(
     passed = teacher.model_dump(exclude={"name", "generates", "checkpoint", "base_url", "model"})
     if checkpoint is not None:
         model = teacher.model or checkpoint.name
+        # its own process: the client's event loop here and the server's decoding then use a core each
         with serve_checkpoint(
-            checkpoint, engine=engine, model_name=model, what="engine", max_batch=teacher.max_concurrency
+            checkpoint,
+            engine=engine,
+            model_name=model,
+            what="engine",
+            own_process=True,
+            max_batch=teacher.max_concurrency,
         ) as url:
             yield TeacherConfig(name=teacher.name, base_url=url, model=model, **passed)
     else:

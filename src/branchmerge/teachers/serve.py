@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -390,6 +391,33 @@ def running_server(
         yield root + "/v1"
 
 
+def watch_parent(pid: int, every_s: float = 1.0) -> threading.Thread:
+    """A daemon thread that ends this process once process `pid` has exited (checked every `every_s`)."""
+
+    was_parent = os.getppid() == pid
+
+    def alive() -> bool:
+        if was_parent:  # robust to PID reuse: once the parent exits, this process is re-parented
+            return os.getppid() == pid
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by someone else
+            return True
+        return True
+
+    def watch() -> None:
+        while alive():
+            time.sleep(every_s)
+        logging.getLogger("uvicorn.error").info("parent process %d is gone; stopping", pid)
+        os._exit(0)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 @contextlib.contextmanager
 def serving_threads(n: int = 1) -> Iterator[None]:
     """Run torch with `n` intra-op threads while serving, and restore the setting afterwards.
@@ -418,8 +446,14 @@ def serve(
     batch_wait_s: float = 0.01,
     max_queue: int = 256,
     log_level: str = "info",
+    parent_pid: int | None = None,
 ) -> None:
-    """Serve `model_dir` until interrupted (blocking). The OpenAI base URL is http://HOST:PORT/v1."""
+    """Serve `model_dir` until interrupted (blocking). The OpenAI base URL is http://HOST:PORT/v1.
+
+    `parent_pid`: exit when that process is gone (a server started for a caller, `engines.serve_checkpoint`,
+    does not outlive it even when the caller is killed with SIGKILL and cannot stop it)."""
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     sock = bind_socket(host, port)
     try:
         app = create_app(
