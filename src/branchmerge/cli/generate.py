@@ -30,7 +30,11 @@ def generate(
     model: Annotated[str | None, typer.Option("--model", help="Model name sent to the endpoint.")] = None,
     checkpoint: Annotated[
         Path | None,
-        typer.Option("--checkpoint", help="A local checkpoint folder as the teacher, served on 127.0.0.1."),
+        typer.Option(
+            "--checkpoint",
+            help="A local checkpoint folder as the teacher, served on 127.0.0.1 by a process of its own that "
+            "decodes up to --concurrency requests in one batch.",
+        ),
     ] = None,
     engine: EngineOption = "auto",
     teacher: Annotated[
@@ -144,7 +148,14 @@ def generate(
     with contextlib.ExitStack() as stack:
         if checkpoint is not None:
             url = stack.enter_context(
-                serve_checkpoint(checkpoint, engine=engine, model_name=configs[0].model, what="--engine")
+                serve_checkpoint(
+                    checkpoint,
+                    engine=engine,
+                    model_name=configs[0].model,
+                    what="--engine",
+                    own_process=True,  # the server's decoding on a core of its own, beside this client
+                    max_batch=configs[0].max_concurrency,
+                )
             )
             configs = [configs[0].model_copy(update={"base_url": url})]
         s = generate_traces(
