@@ -87,8 +87,10 @@ def map_chunks(
     out_dtype: torch.dtype = torch.float32,
     sink: Callable[[torch.Tensor], None] | None = None,
     block: int | None = None,
+    widen: bool = True,
 ) -> torch.Tensor | None:
     """out[chunk] = fn(chunk, [theta[chunk] as fp32 for each theta]), chunks in index order, out in `out_dtype`.
+    With `widen=False`, fn gets each theta's chunk in its own dtype (to widen it where it saves a copy).
 
     With `sink`, each output chunk goes to it as soon as it is computed and nothing is returned: with lazy
     inputs (`checkpoint.LazyTensor`) a tensor of any size then takes a few chunks of memory. With `block`
@@ -99,7 +101,7 @@ def map_chunks(
     device = flats[0].device
     out = None if sink is not None else torch.empty(n, dtype=out_dtype, device=device)
     for sl in chunk_slices(n):
-        parts = [widen_chunk(t[sl], f"map{i}") for i, t in enumerate(flats)]
+        parts = [widen_chunk(t[sl], f"map{i}") if widen else t[sl] for i, t in enumerate(flats)]
         target = (
             out[sl] if out is not None else torch.empty(sl.stop - sl.start, dtype=out_dtype, device=device)
         )

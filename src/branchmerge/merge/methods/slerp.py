@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from branchmerge.merge.methods.chunks import BLOCK, blocks, chunk_slices, flat, gram, scratch, widen_small
+from branchmerge.merge.methods.chunks import BLOCK, gram, map_chunks, scratch, widen_small
 from branchmerge.merge.methods.contract import MergeMethod, ParamSpec, TensorParams
 
 DOT_THRESHOLD = 0.9995
@@ -62,28 +62,17 @@ def _combine(
     out_dtype: torch.dtype,
     sink: Callable[[torch.Tensor], None] | None,
 ) -> torch.Tensor | None:
-    """s_0 * theta_0 + s_1 * theta_1 as `map_chunks` would compute it (chunks read whole, worked on a block at a
-    time), each product widened and scaled in a scratch buffer: the same fp32 operations in the same order,
-    without a fresh temporary per operation."""
-    f_0, f_1 = flat([theta_0, theta_1])
-    n = f_0.numel()
-    device = f_0.device
-    out = None if sink is not None else torch.empty(n, dtype=out_dtype, device=device)
-    for sl in chunk_slices(n):
-        c_0, c_1 = f_0[sl], f_1[sl]  # a LazyTensor reads its chunk here
-        target = (
-            out[sl] if out is not None else torch.empty(sl.stop - sl.start, dtype=out_dtype, device=device)
-        )
-        for sub in blocks(sl, BLOCK):
-            at = slice(sub.start - sl.start, sub.stop - sl.start)
-            a = scratch("slerp0", sub.stop - sub.start, device)
-            b = scratch("slerp1", sub.stop - sub.start, device)
-            _scaled(c_0[at], s_0, a)
-            _scaled(c_1[at], s_1, b)
-            target[at] = a.add_(b)
-        if sink is not None:
-            sink(target)
-    return None if out is None else out.view(theta_0.shape)
+    """s_0 * theta_0 + s_1 * theta_1 by `map_chunks` a block at a time, each product widened and scaled in a
+    scratch buffer: the same fp32 operations in the same order, without a fresh temporary per operation."""
+
+    def combine(sl: slice, parts: list[torch.Tensor]) -> torch.Tensor:
+        a = scratch("slerp0", sl.stop - sl.start, parts[0].device)
+        b = scratch("slerp1", sl.stop - sl.start, parts[0].device)
+        _scaled(parts[0], s_0, a)
+        _scaled(parts[1], s_1, b)
+        return a.add_(b)
+
+    return map_chunks([theta_0, theta_1], combine, out_dtype, sink, BLOCK, widen=False)
 
 
 def _scaled(part: torch.Tensor, s: float, buffer: torch.Tensor) -> None:
