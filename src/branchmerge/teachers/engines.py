@@ -13,8 +13,8 @@ openai_compatible_server.html) in a process group of its own, so its worker proc
   SIGKILL after `grace_s`.
 The built-in server runs in a thread of this process by default. With `own_process=True` it runs as `branchmerge
 serve` in a child process managed the same way: its decoding then holds a GIL and a core of its own instead of
-sharing them with the caller's client (the recipe's generate stage: 6,000 demo traces in 135 s in a thread,
-figures in the README).
+sharing them with the caller's client (the demo's generate stage, 6,000 traces on 2 cores: 135 s in a thread,
+101 s in a process of its own; README).
 `VllmOptions.command` replaces the program (e.g. a vLLM installed in another virtual environment:
 `("/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server")`); the arguments added are vLLM's
 `--model`, `--host`, `--port`, `--served-model-name`, then `VllmOptions.args`.
@@ -140,9 +140,10 @@ def serve_checkpoint(
             raise TypeError(
                 f"serve_checkpoint(own_process=True): {unknown} apply to the in-thread server only"
             )
-        batch = int(builtin_options.get("max_batch", 32))
         serve = [sys.executable, "-m", "branchmerge", "serve", str(path), "--host", host, "--port", str(port)]
-        serve += ["--model-name", name, "--max-batch", str(batch), "--parent-pid", str(os.getpid())]
+        serve += ["--model-name", name, "--parent-pid", str(os.getpid())]
+        if "max_batch" in builtin_options:  # else the server's own default
+            serve += ["--max-batch", str(int(builtin_options["max_batch"]))]
         log_path = Path(tempfile.gettempdir()) / f"branchmerge-serve-{safe}-{port}.log"
         with managed_server(serve, root, name, log_path, BUILTIN_READY_S, BUILTIN_GRACE_S) as url:
             yield url

@@ -136,8 +136,9 @@ class LocalModel:
             nxt = torch.tensor(toks, dtype=torch.long)
             if len(keep) < len(live):  # finished rows leave the batch and the cache
                 rows = torch.tensor(keep, dtype=torch.long)
-                cache.batch_select_indices(rows.to(self.device))
-                attention = attention[rows.to(self.device)]
+                on_device = rows.to(self.device)
+                cache.batch_select_indices(on_device)
+                attention = attention[on_device]
                 nxt = nxt[rows]
                 live = [live[j] for j in keep]
             cur = nxt.unsqueeze(1).to(self.device)

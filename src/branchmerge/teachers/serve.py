@@ -404,7 +404,7 @@ def watch_parent(pid: int, every_s: float = 1.0) -> threading.Thread:
         except ProcessLookupError:
             return False
         except PermissionError:  # exists, owned by someone else
-            return True
+            pass
         return True
 
     def watch() -> None:
